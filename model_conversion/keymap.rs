@@ -1,0 +1,128 @@
+//! PyTorch state_dict key → burn parameter path (spec §3.3, §13.2).
+//!
+//! | PyTorch (`BiEncoder.state_dict()`)                      | burn (`BiEncoder`)                          |
+//! |---------------------------------------------------------|---------------------------------------------|
+//! | `img_model.bert.…` / `txt_model.bert.…`                 | `image.…` / `text.…`                        |
+//! | `….encode_proj.{0,2,3}.…`                               | `….projection.{dense,layer_norm,output}.…`  |
+//! | `encoder.layer.{i}.attention.self.{query,key,value}`    | `encoder.layers.{i}.attention.{query,…}`    |
+//! | `encoder.layer.{i}.attention.output.dense / .LayerNorm` | `….attention.output / .output_norm`         |
+//! | `encoder.layer.{i}.intermediate.dense`                  | `encoder.layers.{i}.intermediate`           |
+//! | `encoder.layer.{i}.output.dense / .LayerNorm`           | `encoder.layers.{i}.output / .output_norm`  |
+//! | `{embeddings,img_embeddings}.LayerNorm`                 | `….layer_norm`                              |
+//! | LayerNorm `weight`/`bias` (or old `gamma`/`beta`)       | `gamma`/`beta` (renamed by the loader)      |
+//!
+//! Linear weights are transposed (`[out, in]` → `[in, out]`) by the loader, which knows from the
+//! model which parameters are Linear.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    [
+        (
+            r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.",
+            "encoder.layers.$1.attention.$2.",
+        ),
+        (
+            r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.",
+            "encoder.layers.$1.attention.output.",
+        ),
+        (
+            r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.",
+            "encoder.layers.$1.attention.output_norm.",
+        ),
+        (
+            r"^encoder\.layer\.(\d+)\.intermediate\.dense\.",
+            "encoder.layers.$1.intermediate.",
+        ),
+        (r"^encoder\.layer\.(\d+)\.output\.dense\.", "encoder.layers.$1.output."),
+        (
+            r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.",
+            "encoder.layers.$1.output_norm.",
+        ),
+        (r"^(embeddings|img_embeddings)\.LayerNorm\.", "$1.layer_norm."),
+    ]
+    .into_iter()
+    .map(|(p, r)| (Regex::new(p).expect("static regex"), r))
+    .collect()
+});
+
+/// Maps a key inside one UNITER/BERT backbone (`embeddings.…`, `encoder.layer.…`, …) to the burn
+/// path inside a tower. Old `gamma`/`beta` suffixes become `weight`/`bias`.
+fn backbone_key(key: &str) -> String {
+    let key = if let Some(s) = key.strip_suffix(".gamma") {
+        format!("{s}.weight")
+    } else if let Some(s) = key.strip_suffix(".beta") {
+        format!("{s}.bias")
+    } else {
+        key.to_string()
+    };
+    for (re, rep) in RULES.iter() {
+        if re.is_match(&key) {
+            return re.replace(&key, *rep).into_owned();
+        }
+    }
+    key
+}
+
+/// Maps a `BiEncoder.state_dict()` key to its burn path, or `None` when the key belongs to
+/// neither tower.
+pub fn biencoder_key_to_burn(key: &str) -> Option<String> {
+    let (tower, rest) = if let Some(r) = key.strip_prefix("img_model.") {
+        ("image", r)
+    } else if let Some(r) = key.strip_prefix("txt_model.") {
+        ("text", r)
+    } else {
+        return None;
+    };
+    if let Some(r) = rest.strip_prefix("bert.") {
+        return Some(format!("{tower}.{}", backbone_key(r)));
+    }
+    let r = rest.strip_prefix("encode_proj.")?;
+    let (idx, param) = r.split_once('.')?;
+    let part = match idx {
+        "0" => "dense",
+        "2" => "layer_norm",
+        "3" => "output",
+        _ => return None,
+    };
+    Some(format!("{tower}.projection.{part}.{param}"))
+}
+
+/// Maps a UNITER checkpoint key (`uniter.…` upstream or `bert.…` as vendored by LightningDOT) to
+/// a path inside the image tower, or `None` for heads (`cls.*`, `feat_regress.*`, `itm_output.*`…).
+pub fn uniter_key_to_image_tower(key: &str) -> Option<String> {
+    let rest = key
+        .strip_prefix("uniter.")
+        .or_else(|| key.strip_prefix("bert."))?;
+    Some(backbone_key(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_layer_keys() {
+        assert_eq!(
+            biencoder_key_to_burn("img_model.bert.encoder.layer.11.attention.output.LayerNorm.weight")
+                .as_deref(),
+            Some("image.encoder.layers.11.attention.output_norm.weight")
+        );
+        assert_eq!(
+            biencoder_key_to_burn("txt_model.bert.encoder.layer.0.output.dense.bias").as_deref(),
+            Some("text.encoder.layers.0.output.bias")
+        );
+        assert_eq!(
+            biencoder_key_to_burn("txt_model.encode_proj.2.weight").as_deref(),
+            Some("text.projection.layer_norm.weight")
+        );
+        assert_eq!(
+            uniter_key_to_image_tower("uniter.img_embeddings.LayerNorm.gamma").as_deref(),
+            Some("img_embeddings.layer_norm.weight")
+        );
+        assert_eq!(biencoder_key_to_burn("cls.predictions.bias"), None);
+        assert_eq!(biencoder_key_to_burn("txt_model.encode_proj.1.weight"), None);
+    }
+}

@@ -1,0 +1,302 @@
+//! Strict, shape-checked loading of checkpoint tensors into burn modules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use burn::module::{Module, ParamId};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn_store::{ModuleSnapshot, TensorSnapshot};
+
+use super::checkpoint::{Checkpoint, CheckpointTensor, Layout};
+use super::error::ConvertError;
+use super::keymap::{biencoder_key_to_burn, uniter_key_to_image_tower};
+use crate::model::{BiEncoder, BiEncoderConfig, EncoderConfig, ImageEncoder};
+
+/// How strict loading is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Report unexpected and missing keys instead of failing (`--allow-partial`).
+    pub allow_partial: bool,
+}
+
+/// What a load did, for logs and `inspect`.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Parameters set from the file.
+    pub applied: usize,
+    /// File keys that are not model weights by design (optimizer state, pre-training heads…).
+    pub ignored: Vec<String>,
+    /// File keys with no parameter (only non-empty with `allow_partial`).
+    pub unexpected: Vec<String>,
+    /// Parameters the file did not provide, left at their initial values.
+    pub missing: Vec<String>,
+}
+
+/// A model parameter as the loader sees it.
+struct Param {
+    /// Shape in burn orientation.
+    shape: Vec<usize>,
+    /// Linear weights are stored `[in, out]` in burn, `[out, in]` in PyTorch.
+    transpose: bool,
+    container_stack: Vec<String>,
+    id: ParamId,
+}
+
+impl Param {
+    /// The shape the PyTorch file must have.
+    fn torch_shape(&self) -> Vec<usize> {
+        if self.transpose {
+            self.shape.iter().rev().copied().collect()
+        } else {
+            self.shape.clone()
+        }
+    }
+}
+
+fn model_params<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Param> {
+    module
+        .collect(None, None, false)
+        .into_iter()
+        .map(|s| {
+            let module_type = s.module_type().unwrap_or_default();
+            let name = s.path_stack.as_ref().and_then(|p| p.last()).cloned().unwrap_or_default();
+            let param = Param {
+                shape: s.shape.to_vec(),
+                transpose: module_type == "Struct:Linear" && name == "weight" && s.shape.len() == 2,
+                container_stack: s.container_stack.clone().unwrap_or_default(),
+                id: s.tensor_id.unwrap_or_default(),
+            };
+            (s.full_path(), param)
+        })
+        .collect()
+}
+
+/// Resolves a mapped `….weight`/`….bias` path against the model: LayerNorm parameters are
+/// `gamma`/`beta` in burn.
+fn resolve<'a>(params: &'a BTreeMap<String, Param>, path: &str) -> Option<(String, &'a Param)> {
+    if let Some(p) = params.get(path) {
+        return Some((path.to_string(), p));
+    }
+    let alt = if let Some(s) = path.strip_suffix(".weight") {
+        format!("{s}.gamma")
+    } else if let Some(s) = path.strip_suffix(".bias") {
+        format!("{s}.beta")
+    } else {
+        return None;
+    };
+    params.get(&alt).map(|p| (alt, p))
+}
+
+/// One checkpoint entry matched to a parameter.
+struct Matched<'a> {
+    key: String,
+    path: String,
+    param: &'a Param,
+}
+
+/// The shape-checked assignment of file keys to parameters.
+struct Plan<'a> {
+    matched: Vec<Matched<'a>>,
+    unexpected: Vec<String>,
+    missing: Vec<String>,
+}
+
+fn plan<'a>(
+    params: &'a BTreeMap<String, Param>,
+    entries: impl IntoIterator<Item = (String, Vec<usize>)>,
+    map: impl Fn(&str) -> Option<String>,
+    optional_missing: impl Fn(&str) -> bool,
+    opts: LoadOptions,
+) -> Result<Plan<'a>, ConvertError> {
+    let mut matched = Vec::new();
+    let mut unexpected = Vec::new();
+    let mut covered = BTreeSet::new();
+    for (key, shape) in entries {
+        let Some((path, param)) = map(&key).and_then(|p| resolve(params, &p)) else {
+            unexpected.push(key);
+            continue;
+        };
+        let expected = param.torch_shape();
+        if shape != expected {
+            return Err(ConvertError::ShapeMismatch {
+                key,
+                found: shape,
+                expected,
+            });
+        }
+        covered.insert(path.clone());
+        matched.push(Matched { key, path, param });
+    }
+    let missing: Vec<String> = params
+        .keys()
+        .filter(|p| !covered.contains(*p))
+        .cloned()
+        .collect();
+    if !opts.allow_partial {
+        if let Some(first) = unexpected.first() {
+            return Err(ConvertError::UnexpectedKeys {
+                count: unexpected.len(),
+                first: first.clone(),
+            });
+        }
+        let required: Vec<&String> = missing.iter().filter(|p| !optional_missing(p)).collect();
+        if let Some(first) = required.first() {
+            return Err(ConvertError::MissingKeys {
+                count: required.len(),
+                first: (*first).clone(),
+            });
+        }
+    }
+    Ok(Plan {
+        matched,
+        unexpected,
+        missing,
+    })
+}
+
+fn transpose_2d(data: TensorData) -> TensorData {
+    let [r, c] = [data.shape[0], data.shape[1]];
+    let v: Vec<f32> = data.into_vec().unwrap_or_default();
+    let mut out = vec![0f32; v.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = v[i * c + j];
+        }
+    }
+    TensorData::new(out, [c, r])
+}
+
+/// Reads the planned tensors as f32 and writes them into the module.
+fn apply_plan<B: Backend, M: Module<B>>(
+    mut module: M,
+    file: &Path,
+    plan: &Plan<'_>,
+    tensors: &BTreeMap<String, &CheckpointTensor>,
+) -> Result<(M, usize), ConvertError> {
+    let mut snaps = Vec::with_capacity(plan.matched.len());
+    for m in &plan.matched {
+        let mut data = tensors[&m.key].to_f32(file, &m.key)?;
+        if m.param.transpose {
+            data = transpose_2d(data);
+        }
+        let path_stack = m.path.split('.').map(str::to_string).collect();
+        snaps.push(TensorSnapshot::from_data(
+            data,
+            path_stack,
+            m.param.container_stack.clone(),
+            m.param.id,
+        ));
+    }
+    let result = module.apply(snaps, None, None, false);
+    if let Some(e) = result.errors.first() {
+        return Err(ConvertError::Apply(format!("{e:?}")));
+    }
+    Ok((module, result.applied.len()))
+}
+
+/// Builds a [`BiEncoder`] of `cfg` and fills it from any bi-encoder layout (fine-tune wrapper,
+/// pre-training state_dict, plain state_dict). fp16 weights are widened to f32.
+pub fn load_biencoder<B: Backend>(
+    ckpt: &Checkpoint,
+    cfg: &BiEncoderConfig,
+    device: &B::Device,
+    opts: LoadOptions,
+) -> Result<(BiEncoder<B>, LoadReport), ConvertError> {
+    if ckpt.layout == Layout::Uniter {
+        return Err(ConvertError::UnknownLayout {
+            path: ckpt.path.display().to_string(),
+            sample: "a UNITER checkpoint holds one tower only; use it as --img-checkpoint for training or as a re-ranker".into(),
+        });
+    }
+    let model = BiEncoder::<B>::new(cfg, device);
+    let params = model_params(&model);
+    let (tensors, ignored) = ckpt.biencoder_tensors();
+    let entries = tensors.iter().map(|(k, t)| (k.clone(), t.shape()));
+    let plan = plan(&params, entries, biencoder_key_to_burn, |_| false, opts)?;
+    let (model, applied) = apply_plan(model, &ckpt.path, &plan, &tensors)?;
+    if !ignored.is_empty() {
+        tracing::info!(
+            "{}: ignored {} non-bi-encoder key(s) ({})",
+            ckpt.path.display(),
+            ignored.len(),
+            summarize(&ignored)
+        );
+    }
+    Ok((
+        model,
+        LoadReport {
+            applied,
+            ignored,
+            unexpected: plan.unexpected,
+            missing: plan.missing,
+        },
+    ))
+}
+
+/// Builds an [`ImageEncoder`] and fills its backbone from a UNITER checkpoint (`uniter.` or
+/// `bert.` prefix). The projection head is not in UNITER files and keeps its initial values;
+/// a missing backbone key is an error unless `allow_partial` (the reference silently leaves it
+/// random).
+pub fn load_image_tower<B: Backend>(
+    ckpt: &Checkpoint,
+    cfg: &EncoderConfig,
+    project_dim: usize,
+    device: &B::Device,
+    opts: LoadOptions,
+) -> Result<(ImageEncoder<B>, LoadReport), ConvertError> {
+    let model = ImageEncoder::<B>::new(cfg, project_dim, device);
+    let params = model_params(&model);
+    let mut tensors = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for (k, t) in &ckpt.tensors {
+        if uniter_key_to_image_tower(k).is_some() {
+            tensors.insert(k.clone(), t);
+        } else {
+            ignored.push(k.clone());
+        }
+    }
+    let entries = tensors.iter().map(|(k, t)| (k.clone(), t.shape()));
+    let plan = plan(
+        &params,
+        entries,
+        uniter_key_to_image_tower,
+        |p| p.starts_with("projection."),
+        opts,
+    )?;
+    let (model, applied) = apply_plan(model, &ckpt.path, &plan, &tensors)?;
+    Ok((
+        model,
+        LoadReport {
+            applied,
+            ignored,
+            unexpected: plan.unexpected,
+            missing: plan.missing,
+        },
+    ))
+}
+
+/// Checks that `module` accounts for every `(key, shape)` of a checkpoint manifest under `map`,
+/// with equal shapes, and that every parameter is covered. Returns the number of matched keys.
+/// No weights are read: this is what the full-size manifest tests run.
+pub fn manifest_coverage<B: Backend, M: Module<B>>(
+    module: &M,
+    entries: Vec<(String, Vec<usize>)>,
+    map: impl Fn(&str) -> Option<String>,
+) -> Result<usize, ConvertError> {
+    let params = model_params(module);
+    let plan = plan(&params, entries, map, |_| false, LoadOptions::default())?;
+    Ok(plan.matched.len())
+}
+
+fn summarize(keys: &[String]) -> String {
+    let mut groups: BTreeMap<&str, usize> = BTreeMap::new();
+    for k in keys {
+        *groups.entry(k.split('.').next().unwrap_or("")).or_default() += 1;
+    }
+    groups
+        .iter()
+        .map(|(g, n)| format!("{g}.*: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,18 @@
+//! Conversion of the released PyTorch checkpoints into the burn model (spec §3).
+//!
+//! Reads every layout the reference produced — the fine-tune wrapper (`model_dict`), the flat
+//! pre-training state_dict (`bert.` prefix + heads), flat BiEncoder state_dicts, and UNITER files
+//! (`uniter.` or `bert.` prefix, old `gamma`/`beta` names) — in zip or legacy torch format, fp32
+//! or fp16, with burn-store's PyTorch reader (no libtorch). Loading is strict by default.
+
+mod checkpoint;
+mod error;
+mod keymap;
+mod load;
+mod model_dir;
+
+pub use checkpoint::{Checkpoint, CheckpointTensor, Layout, TorchFormat};
+pub use error::ConvertError;
+pub use keymap::{biencoder_key_to_burn, uniter_key_to_image_tower};
+pub use load::{LoadOptions, LoadReport, load_biencoder, load_image_tower, manifest_coverage};
+pub use model_dir::{ModelDir, ModelSource, RecordPrecision, infer_project_dim, write_model_dir};

@@ -1,0 +1,113 @@
+//! Subcommands and their flags (clap derive); each subcommand has its own file.
+
+mod convert;
+mod demo;
+mod forward;
+mod inspect;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use lightningdot::conversion::{LoadOptions, ModelSource};
+use lightningdot::device::DeviceSpec;
+
+/// LightningDOT image-text retrieval in pure Rust (burn): convert the released PyTorch
+/// checkpoints, run and compare both towers.
+#[derive(Parser, Debug)]
+#[command(name = "lightningdot", version, about)]
+struct Cli {
+    /// Device to run on: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceSpec,
+    /// Log level filter (e.g. info, debug, lightningdot=trace); RUST_LOG also works.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect, convert and run the tiny model embedded in the binary; compare with PyTorch.
+    Demo(demo::DemoArgs),
+    /// List a checkpoint's keys, shapes and dtypes, its layout and what conversion would do.
+    Inspect(inspect::InspectArgs),
+    /// Convert a PyTorch checkpoint into a model directory (burn record + configs).
+    Convert(convert::ConvertArgs),
+    /// Run both towers on a batch (reference collate form) and write every stage.
+    Forward(forward::ForwardArgs),
+}
+
+/// How to find and size the model; shared by every command that loads one.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A released `.pt` file (any layout) or a directory written by `convert`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Image tower config: a UniterConfig JSON (config/img_base.json form) or `uniter-base`.
+    #[arg(long)]
+    pub img_config: Option<String>,
+    /// Text tower config: an HF BERT config.json, a directory holding one, or `bert-base-cased`.
+    #[arg(long)]
+    pub txt_config: Option<String>,
+    /// Projection size (`project_dim`); inferred from the checkpoint when omitted.
+    #[arg(long)]
+    pub project_dim: Option<usize>,
+    /// Report checkpoint keys without a parameter, and parameters without a key, instead of failing.
+    #[arg(long)]
+    pub allow_partial: bool,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> ModelSource {
+        ModelSource {
+            checkpoint: self.checkpoint.clone(),
+            img_config: self.img_config.clone(),
+            txt_config: self.txt_config.clone(),
+            project_dim: self.project_dim,
+            options: LoadOptions {
+                allow_partial: self.allow_partial,
+            },
+        }
+    }
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|e: lightningdot::device::DeviceError| e.to_string())
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a, cli.device),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a, cli.device),
+        Command::Forward(a) => forward::run(a, cli.device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line a user can act on: the chain joined, no backtrace.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
