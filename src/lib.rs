@@ -24,3 +24,7 @@ pub mod device;
 pub mod model;
 pub mod tensor_io;
 pub mod inference;
+pub mod search;
+pub mod encode;
+pub mod eval;
+pub mod progress;

@@ -2,6 +2,7 @@
 
 mod convert;
 mod demo;
+mod eval;
 mod forward;
 mod inspect;
 
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Inspect, convert and run the tiny model embedded in the binary; compare with PyTorch.
     Demo(demo::DemoArgs),
+    /// Recall@1/5/10 in both directions on the splits of an eval config (like eval_itm.py).
+    Eval(eval::EvalArgs),
     /// List a checkpoint's keys, shapes and dtypes, its layout and what conversion would do.
     Inspect(inspect::InspectArgs),
     /// Convert a PyTorch checkpoint into a model directory (burn record + configs).
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Demo(a) => demo::run(a, cli.device),
+        Command::Eval(a) => eval::run(a, cli.device),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a, cli.device),
         Command::Forward(a) => forward::run(a, cli.device),
@@ -101,11 +105,15 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line a user can act on: the chain joined, no backtrace.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            // Error types that print their source inline would repeat it here, so skip causes
+            // already contained in the message.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }

@@ -92,7 +92,7 @@ impl<B: Backend> ImageEmbeddings<B> {
         let img_feat = match img_masks {
             Some(masks) => {
                 // Row 0 is zeroed on every forward upstream, so only row 1 can contribute.
-                let row1 = self.mask_embedding.weight.val().slice([1..2]);
+                let row1 = self.mask_embedding.weight.val().narrow(0, 1, 1);
                 let [b, n] = masks.dims();
                 let m = masks.float().reshape([b, n, 1]);
                 img_feat + m * row1.unsqueeze::<3>()

@@ -58,7 +58,7 @@ impl<B: Backend> ImageEncoder<B> {
             .token_type_embeddings
             .weight
             .val()
-            .slice([1..2]);
+            .narrow(0, 1, 1);
         let boxes = self.img_embeddings.forward(
             regions.img_feat.clone(),
             regions.img_pos_feat.clone(),
