@@ -145,15 +145,18 @@ impl Checkpoint {
                 path: shown.clone(),
                 source,
             })?;
-            zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| ConvertError::NotTorch {
-                path: shown.clone(),
-                reason: format!("zip archive is truncated or damaged ({e})"),
+            zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+                ConvertError::NotTorch {
+                    path: shown.clone(),
+                    reason: format!("zip archive is truncated or damaged ({e})"),
+                }
             })?;
         }
         let reader = std::panic::catch_unwind(|| PytorchReader::new(&path))
             .map_err(|_| ConvertError::NotTorch {
                 path: shown.clone(),
-                reason: "the reader crashed on this file; it is probably truncated or corrupt".into(),
+                reason: "the reader crashed on this file; it is probably truncated or corrupt"
+                    .into(),
             })?
             .map_err(|e| ConvertError::NotTorch {
                 path: shown.clone(),
@@ -181,7 +184,12 @@ impl Checkpoint {
         })?;
         let layout = detect_layout(&tensors).ok_or_else(|| ConvertError::UnknownLayout {
             path: shown,
-            sample: tensors.keys().take(3).cloned().collect::<Vec<_>>().join(", "),
+            sample: tensors
+                .keys()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
         })?;
         Ok(Self {
             path,
@@ -217,7 +225,9 @@ impl Checkpoint {
     pub fn main_dtype(&self) -> DType {
         let mut counts: BTreeMap<String, (usize, DType)> = BTreeMap::new();
         for t in self.tensors.values() {
-            let e = counts.entry(format!("{:?}", t.dtype())).or_insert((0, t.dtype()));
+            let e = counts
+                .entry(format!("{:?}", t.dtype()))
+                .or_insert((0, t.dtype()));
             e.0 += 1;
         }
         counts
@@ -255,7 +265,8 @@ fn verify_storages(path: &Path, format: TorchFormat, elem: Option<usize>) -> Res
     match format {
         TorchFormat::Zip => {
             let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-            let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+            let mut zip =
+                zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
             for i in 0..zip.len() {
                 let mut entry = zip.by_index(i).map_err(|e| e.to_string())?;
                 let name = entry.name().to_string();
@@ -292,7 +303,9 @@ fn verify_legacy(path: &Path, elem: usize) -> Result<(), String> {
     let end = r.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     for i in 0..keys {
         if pos + 8 > end {
-            return Err(format!("truncated: storage {i} of {keys} starts past the end of the file"));
+            return Err(format!(
+                "truncated: storage {i} of {keys} starts past the end of the file"
+            ));
         }
         r.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
         let mut n = [0u8; 8];

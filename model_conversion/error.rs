@@ -28,9 +28,13 @@ pub enum ConvertError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
-    #[error("{count} checkpoint key(s) have no parameter in the model, e.g. {first} (use --allow-partial to ignore)")]
+    #[error(
+        "{count} checkpoint key(s) have no parameter in the model, e.g. {first} (use --allow-partial to ignore)"
+    )]
     UnexpectedKeys { count: usize, first: String },
-    #[error("{count} model parameter(s) missing from the checkpoint, e.g. {first} (use --allow-partial to keep them random)")]
+    #[error(
+        "{count} model parameter(s) missing from the checkpoint, e.g. {first} (use --allow-partial to keep them random)"
+    )]
     MissingKeys { count: usize, first: String },
     #[error("{path}: {reason}")]
     ModelDir { path: String, reason: String },

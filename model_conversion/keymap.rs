@@ -36,12 +36,18 @@ static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
             r"^encoder\.layer\.(\d+)\.intermediate\.dense\.",
             "encoder.layers.$1.intermediate.",
         ),
-        (r"^encoder\.layer\.(\d+)\.output\.dense\.", "encoder.layers.$1.output."),
+        (
+            r"^encoder\.layer\.(\d+)\.output\.dense\.",
+            "encoder.layers.$1.output.",
+        ),
         (
             r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.",
             "encoder.layers.$1.output_norm.",
         ),
-        (r"^(embeddings|img_embeddings)\.LayerNorm\.", "$1.layer_norm."),
+        (
+            r"^(embeddings|img_embeddings)\.LayerNorm\.",
+            "$1.layer_norm.",
+        ),
     ]
     .into_iter()
     .map(|(p, r)| (Regex::new(p).expect("static regex"), r))
@@ -106,8 +112,10 @@ mod tests {
     #[test]
     fn maps_layer_keys() {
         assert_eq!(
-            biencoder_key_to_burn("img_model.bert.encoder.layer.11.attention.output.LayerNorm.weight")
-                .as_deref(),
+            biencoder_key_to_burn(
+                "img_model.bert.encoder.layer.11.attention.output.LayerNorm.weight"
+            )
+            .as_deref(),
             Some("image.encoder.layers.11.attention.output_norm.weight")
         );
         assert_eq!(
@@ -123,6 +131,9 @@ mod tests {
             Some("img_embeddings.layer_norm.weight")
         );
         assert_eq!(biencoder_key_to_burn("cls.predictions.bias"), None);
-        assert_eq!(biencoder_key_to_burn("txt_model.encode_proj.1.weight"), None);
+        assert_eq!(
+            biencoder_key_to_burn("txt_model.encode_proj.1.weight"),
+            None
+        );
     }
 }

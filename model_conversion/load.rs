@@ -60,7 +60,12 @@ fn model_params<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Param>
         .into_iter()
         .map(|s| {
             let module_type = s.module_type().unwrap_or_default();
-            let name = s.path_stack.as_ref().and_then(|p| p.last()).cloned().unwrap_or_default();
+            let name = s
+                .path_stack
+                .as_ref()
+                .and_then(|p| p.last())
+                .cloned()
+                .unwrap_or_default();
             let param = Param {
                 shape: s.shape.to_vec(),
                 transpose: module_type == "Struct:Linear" && name == "weight" && s.shape.len() == 2,

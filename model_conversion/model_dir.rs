@@ -62,18 +62,33 @@ impl ModelDir {
         let md: ModelDir =
             serde_json::from_str(&text).map_err(|e| err(format!("bad config.json: {e}")))?;
         if md.format != FORMAT {
-            return Err(err(format!("config.json format is {:?}, expected {FORMAT:?}", md.format)));
+            return Err(err(format!(
+                "config.json format is {:?}, expected {FORMAT:?}",
+                md.format
+            )));
         }
         Ok(md)
     }
 
     /// Loads the model record onto `device`.
-    pub fn load<B: Backend>(&self, dir: &Path, device: &B::Device) -> Result<BiEncoder<B>, ConvertError> {
+    pub fn load<B: Backend>(
+        &self,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<BiEncoder<B>, ConvertError> {
         let model = BiEncoder::<B>::new(&self.config, device);
         let file = dir.join(RECORD);
         let res = match self.precision {
-            RecordPrecision::F32 => model.load_file(file, &NamedMpkFileRecorder::<FullPrecisionSettings>::new(), device),
-            RecordPrecision::F16 => model.load_file(file, &NamedMpkFileRecorder::<HalfPrecisionSettings>::new(), device),
+            RecordPrecision::F32 => model.load_file(
+                file,
+                &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+                device,
+            ),
+            RecordPrecision::F16 => model.load_file(
+                file,
+                &NamedMpkFileRecorder::<HalfPrecisionSettings>::new(),
+                device,
+            ),
         };
         res.map_err(|e| ConvertError::ModelDir {
             path: dir.display().to_string(),
@@ -128,8 +143,12 @@ pub fn write_model_dir<B: Backend>(
         write_json(&tmp.join("txt_config.json"), &config.txt)?;
         let file = tmp.join(RECORD);
         let res = match precision {
-            RecordPrecision::F32 => model.save_file(file, &NamedMpkFileRecorder::<FullPrecisionSettings>::new()),
-            RecordPrecision::F16 => model.save_file(file, &NamedMpkFileRecorder::<HalfPrecisionSettings>::new()),
+            RecordPrecision::F32 => {
+                model.save_file(file, &NamedMpkFileRecorder::<FullPrecisionSettings>::new())
+            }
+            RecordPrecision::F16 => {
+                model.save_file(file, &NamedMpkFileRecorder::<HalfPrecisionSettings>::new())
+            }
         };
         res.map_err(|e| format!("cannot write record: {e}"))
     })();

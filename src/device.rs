@@ -28,7 +28,9 @@ pub enum DeviceSpec {
 pub enum DeviceError {
     #[error("unknown device {0:?}: expected cpu, cuda or cuda:N")]
     Parse(String),
-    #[error("device {0} requested, but this build has no CUDA support (rebuild with `--features cuda`)")]
+    #[error(
+        "device {0} requested, but this build has no CUDA support (rebuild with `--features cuda`)"
+    )]
     NoCudaFeature(DeviceSpec),
     #[error("device {spec} is not available: {reason}")]
     Unavailable { spec: DeviceSpec, reason: String },
@@ -75,12 +77,20 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, De
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda<T: BackendTask>(spec: DeviceSpec, _index: usize, _task: T) -> Result<T::Output, DeviceError> {
+fn run_cuda<T: BackendTask>(
+    spec: DeviceSpec,
+    _index: usize,
+    _task: T,
+) -> Result<T::Output, DeviceError> {
     Err(DeviceError::NoCudaFeature(spec))
 }
 
 #[cfg(feature = "cuda")]
-fn run_cuda<T: BackendTask>(spec: DeviceSpec, index: usize, task: T) -> Result<T::Output, DeviceError> {
+fn run_cuda<T: BackendTask>(
+    spec: DeviceSpec,
+    index: usize,
+    task: T,
+) -> Result<T::Output, DeviceError> {
     let count = cuda_device_count().map_err(|reason| DeviceError::Unavailable { spec, reason })?;
     if index >= count {
         return Err(DeviceError::Unavailable {

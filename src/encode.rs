@@ -7,17 +7,25 @@ use crate::data::{ImageBatch, TextBatch};
 use crate::model::{BiEncoder, IMG_FEAT_DIM, IMG_POS_DIM, RegionBatch};
 
 fn ints<B: Backend>(values: &[i64], shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::<B, 1, Int>::from_data(TensorData::new(values.to_vec(), [values.len()]), device).reshape(shape)
+    Tensor::<B, 1, Int>::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+        .reshape(shape)
 }
 
 fn floats<B: Backend>(values: &[f32], shape: [usize; 3], device: &B::Device) -> Tensor<B, 3> {
-    Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device).reshape(shape)
+    Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+        .reshape(shape)
 }
 
 /// Device tensors of a text batch: `input_ids`, `attention_mask`, both `[batch, len]`.
-pub fn text_tensors<B: Backend>(batch: &TextBatch, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+pub fn text_tensors<B: Backend>(
+    batch: &TextBatch,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
     let shape = [batch.batch, batch.len];
-    (ints(&batch.input_ids, shape, device), ints(&batch.attention_mask, shape, device))
+    (
+        ints(&batch.input_ids, shape, device),
+        ints(&batch.attention_mask, shape, device),
+    )
 }
 
 /// Device tensors of an image batch.
@@ -33,16 +41,27 @@ pub fn region_tensors<B: Backend>(batch: &ImageBatch, device: &B::Device) -> Reg
 
 /// Row-major host copy of a `[rows, dim]` tensor.
 pub fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap_or_default()
+    t.into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap_or_default()
 }
 
 /// Caption vectors, row-major `[batch, P]`.
-pub fn encode_texts<B: Backend>(model: &BiEncoder<B>, batch: &TextBatch, device: &B::Device) -> Vec<f32> {
+pub fn encode_texts<B: Backend>(
+    model: &BiEncoder<B>,
+    batch: &TextBatch,
+    device: &B::Device,
+) -> Vec<f32> {
     let (ids, mask) = text_tensors(batch, device);
     to_host(model.encode_text(ids, mask))
 }
 
 /// Image vectors, row-major `[batch, P]`.
-pub fn encode_images<B: Backend>(model: &BiEncoder<B>, batch: &ImageBatch, device: &B::Device) -> Vec<f32> {
+pub fn encode_images<B: Backend>(
+    model: &BiEncoder<B>,
+    batch: &ImageBatch,
+    device: &B::Device,
+) -> Vec<f32> {
     to_host(model.encode_image(&region_tensors(batch, device)))
 }

@@ -3,7 +3,9 @@
 
 use burn::prelude::*;
 
-use crate::model::{BiEncoder, BiEncoderConfig, IMG_FEAT_DIM, IMG_POS_DIM, NamedTensor, RegionBatch, dot_scores};
+use crate::model::{
+    BiEncoder, BiEncoderConfig, IMG_FEAT_DIM, IMG_POS_DIM, NamedTensor, RegionBatch, dot_scores,
+};
 use crate::tensor_io::{HostTensor, TensorFile, TensorIoError};
 
 /// A bi-encoder batch on the host, validated against a model config.
@@ -69,7 +71,12 @@ impl HostBatch {
         shape("txt.input_ids", ids, ids.len() == 2, "[batch, seq]".into())?;
         let (b, l) = (ids[0], ids[1]);
         let m = &self.txt_attention_mask.shape;
-        shape("txt.attention_mask", m, m == &vec![b, l], format!("[{b}, {l}]"))?;
+        shape(
+            "txt.attention_mask",
+            m,
+            m == &vec![b, l],
+            format!("[{b}, {l}]"),
+        )?;
         if l > cfg.txt.max_position_embeddings {
             return Err(BatchError::Range {
                 name: "txt sequence length",
@@ -90,12 +97,27 @@ impl HostBatch {
             });
         }
         let f = &self.img_feat.shape;
-        shape("img.img_feat", f, f.len() == 3 && f[2] == IMG_FEAT_DIM, format!("[batch, regions, {IMG_FEAT_DIM}]"))?;
+        shape(
+            "img.img_feat",
+            f,
+            f.len() == 3 && f[2] == IMG_FEAT_DIM,
+            format!("[batch, regions, {IMG_FEAT_DIM}]"),
+        )?;
         let (bi, n) = (f[0], f[1]);
         let p = &self.img_pos_feat.shape;
-        shape("img.img_pos_feat", p, p == &vec![bi, n, IMG_POS_DIM], format!("[{bi}, {n}, {IMG_POS_DIM}]"))?;
+        shape(
+            "img.img_pos_feat",
+            p,
+            p == &vec![bi, n, IMG_POS_DIM],
+            format!("[{bi}, {n}, {IMG_POS_DIM}]"),
+        )?;
         let am = &self.img_attention_mask.shape;
-        shape("img.attention_mask", am, am == &vec![bi, n + 1], format!("[{bi}, {}]", n + 1))?;
+        shape(
+            "img.attention_mask",
+            am,
+            am == &vec![bi, n + 1],
+            format!("[{bi}, {}]", n + 1),
+        )?;
         Ok(())
     }
 }

@@ -21,10 +21,10 @@
 pub mod conversion;
 pub mod data;
 pub mod device;
-pub mod model;
-pub mod tensor_io;
-pub mod inference;
-pub mod search;
 pub mod encode;
 pub mod eval;
+pub mod inference;
+pub mod model;
 pub mod progress;
+pub mod search;
+pub mod tensor_io;

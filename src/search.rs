@@ -25,9 +25,10 @@ const SCORE_BLOCK: usize = 1 << 24;
 impl<B: Backend> FlatIndex<B> {
     /// Builds an index over `n` row-major vectors of size `dim`.
     pub fn new(vectors: &[f32], dim: usize, device: &B::Device) -> Self {
-        let len = if dim == 0 { 0 } else { vectors.len() / dim };
-        let t = Tensor::<B, 1>::from_data(TensorData::new(vectors.to_vec(), [vectors.len()]), device)
-            .reshape([len, dim]);
+        let len = vectors.len().checked_div(dim).unwrap_or(0);
+        let t =
+            Tensor::<B, 1>::from_data(TensorData::new(vectors.to_vec(), [vectors.len()]), device)
+                .reshape([len, dim]);
         Self {
             vectors: t,
             len,
@@ -47,7 +48,7 @@ impl<B: Backend> FlatIndex<B> {
 
     /// The best `k` candidates of each query (`queries` row-major `[q, dim]`).
     pub fn search(&self, queries: &[f32], k: usize) -> Vec<Vec<Hit>> {
-        let nq = if self.dim == 0 { 0 } else { queries.len() / self.dim };
+        let nq = queries.len().checked_div(self.dim).unwrap_or(0);
         let device = self.vectors.device();
         let chunk = (SCORE_BLOCK / self.len.max(1)).clamp(1, 4096);
         let mut out = Vec::with_capacity(nq);
@@ -114,7 +115,12 @@ mod tests {
         for (qi, hits) in res.iter().enumerate() {
             let scores: Vec<f32> = db
                 .chunks(dim)
-                .map(|v| v.iter().zip(&q[qi * dim..(qi + 1) * dim]).map(|(a, b)| a * b).sum())
+                .map(|v| {
+                    v.iter()
+                        .zip(&q[qi * dim..(qi + 1) * dim])
+                        .map(|(a, b)| a * b)
+                        .sum()
+                })
                 .collect();
             assert_eq!(hits, &top_k(&scores, 4));
         }

@@ -24,11 +24,18 @@ fn s(p: &Path) -> String {
 /// Asserts failure with one `error:` line that contains `needle`, and no panic.
 fn assert_clean_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "want one error line: {stderr}");
-    assert!(errors[0].contains(needle), "{needle:?} not in {:?}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "{needle:?} not in {:?}",
+        errors[0]
+    );
 }
 
 fn tiny_model_args(f: &Path) -> Vec<String> {
@@ -43,18 +50,31 @@ fn tiny_model_args(f: &Path) -> Vec<String> {
 #[test]
 fn inspect_reports_layout_and_plan() {
     let f = fixtures();
-    let out = bin(&["inspect", &s(&f.join("checkpoints/biencoder.best.fp16.legacy.pt"))]);
+    let out = bin(&[
+        "inspect",
+        &s(&f.join("checkpoints/biencoder.best.fp16.legacy.pt")),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("legacy torch pickle stream"), "{text}");
     assert!(text.contains("fine-tuned bi-encoder wrapper"), "{text}");
     assert!(text.contains("widen F16 weights to f32"), "{text}");
-    assert!(text.contains("img_model.bert.img_embeddings.img_linear.weight"), "{text}");
+    assert!(
+        text.contains("img_model.bert.img_embeddings.img_linear.weight"),
+        "{text}"
+    );
     assert!(text.contains("project_dim = 32"), "{text}");
 
-    let out = bin(&["inspect", "--summary", &s(&f.join("checkpoints/pretrain/model_step_1.pt"))]);
+    let out = bin(&[
+        "inspect",
+        "--summary",
+        &s(&f.join("checkpoints/pretrain/model_step_1.pt")),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("strip the `bert.` prefix") && text.contains("cls.* x6"), "{text}");
+    assert!(
+        text.contains("strip the `bert.` prefix") && text.contains("cls.* x6"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -62,11 +82,18 @@ fn convert_then_forward_matches_reference() {
     let f = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tiny");
-    let mut args = vec!["convert".to_string(), s(&f.join("checkpoints/biencoder.best.pt"))];
+    let mut args = vec![
+        "convert".to_string(),
+        s(&f.join("checkpoints/biencoder.best.pt")),
+    ];
     args.extend(tiny_model_args(&f));
     args.extend(["--out".into(), s(&dir)]);
     let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.join("config.json").is_file() && dir.join("model.mpk").is_file());
 
     let result = tmp.path().join("out.safetensors");
@@ -79,10 +106,20 @@ fn convert_then_forward_matches_reference() {
         "--out",
         &s(&result),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = TensorFile::open(&result).unwrap();
     let want = TensorFile::open(&f.join("expected/main.safetensors")).unwrap();
-    for name in ["txt.pooled", "img.pooled", "scores.txt_x_img", "txt.sequence_output", "img.sequence_output"] {
+    for name in [
+        "txt.pooled",
+        "img.pooled",
+        "scores.txt_x_img",
+        "txt.sequence_output",
+        "img.sequence_output",
+    ] {
         let d = max_abs_diff(name, &got.f32(name).unwrap(), &want.f32(name).unwrap());
         assert!(d <= 1e-4, "{name}: {d}");
     }
@@ -92,7 +129,11 @@ fn convert_then_forward_matches_reference() {
 fn demo_runs_on_embedded_model() {
     let out = bin(&["demo"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("OK: 19 stages match"), "{text}");
 }
 
@@ -118,8 +159,14 @@ fn non_torch_file_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("weights.pt");
     std::fs::write(&junk, b"this is not a checkpoint").unwrap();
-    assert_clean_error(&bin(&["inspect", &s(&junk)]), "not a readable PyTorch checkpoint");
-    assert_clean_error(&bin(&["inspect", &s(&tmp.path().join("absent.pt"))]), "absent.pt");
+    assert_clean_error(
+        &bin(&["inspect", &s(&junk)]),
+        "not a readable PyTorch checkpoint",
+    );
+    assert_clean_error(
+        &bin(&["inspect", &s(&tmp.path().join("absent.pt"))]),
+        "absent.pt",
+    );
 }
 
 #[test]
@@ -133,7 +180,10 @@ fn config_size_mismatch_is_a_clear_error() {
         "--out",
         &s(&tmp.path().join("x")),
     ]);
-    assert_clean_error(&out, "shape mismatch for img_model.bert.embeddings.LayerNorm.bias: checkpoint has [64], model expects [768]");
+    assert_clean_error(
+        &out,
+        "shape mismatch for img_model.bert.embeddings.LayerNorm.bias: checkpoint has [64], model expects [768]",
+    );
     let bad = tmp.path().join("bad.json");
     std::fs::write(&bad, r#"{"hidden_size": 64, "num_attention_heads": 5}"#).unwrap();
     let out = bin(&[
@@ -151,9 +201,17 @@ fn config_size_mismatch_is_a_clear_error() {
 fn missing_keys_are_a_clear_error() {
     let f = fixtures();
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = vec!["convert".to_string(), s(&f.join("checkpoints/biencoder.proj0.best.pt"))];
+    let mut args = vec![
+        "convert".to_string(),
+        s(&f.join("checkpoints/biencoder.proj0.best.pt")),
+    ];
     args.extend(tiny_model_args(&f));
-    args.extend(["--project-dim".into(), "32".into(), "--out".into(), s(&tmp.path().join("x"))]);
+    args.extend([
+        "--project-dim".into(),
+        "32".into(),
+        "--out".into(),
+        s(&tmp.path().join("x")),
+    ]);
     let out = bin(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_clean_error(&out, "missing from the checkpoint");
 }
@@ -162,12 +220,24 @@ fn missing_keys_are_a_clear_error() {
 fn bad_inputs_and_devices_are_clear_errors() {
     let f = fixtures();
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = vec!["forward".to_string(), "--checkpoint".into(), s(&f.join("checkpoints/biencoder.best.pt"))];
+    let mut args = vec![
+        "forward".to_string(),
+        "--checkpoint".into(),
+        s(&f.join("checkpoints/biencoder.best.pt")),
+    ];
     args.extend(tiny_model_args(&f));
     // Inputs that are not a batch: the expected outputs file lacks txt.input_ids.
     let mut a = args.clone();
-    a.extend(["--inputs".into(), s(&f.join("expected/main.safetensors")), "--out".into(), s(&tmp.path().join("o"))]);
-    assert_clean_error(&bin(&a.iter().map(String::as_str).collect::<Vec<_>>()), "txt.input_ids");
+    a.extend([
+        "--inputs".into(),
+        s(&f.join("expected/main.safetensors")),
+        "--out".into(),
+        s(&tmp.path().join("o")),
+    ]);
+    assert_clean_error(
+        &bin(&a.iter().map(String::as_str).collect::<Vec<_>>()),
+        "txt.input_ids",
+    );
     if !cfg!(feature = "cuda") {
         let mut a = args.clone();
         a.extend([
@@ -178,7 +248,14 @@ fn bad_inputs_and_devices_are_clear_errors() {
             "--device".into(),
             "cuda".into(),
         ]);
-        assert_clean_error(&bin(&a.iter().map(String::as_str).collect::<Vec<_>>()), "no CUDA support");
+        assert_clean_error(
+            &bin(&a.iter().map(String::as_str).collect::<Vec<_>>()),
+            "no CUDA support",
+        );
     }
-    assert!(!bin(&["inspect", "x.pt", "--device", "tpu"]).status.success());
+    assert!(
+        !bin(&["inspect", "x.pt", "--device", "tpu"])
+            .status
+            .success()
+    );
 }

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use lightningdot::conversion::{
-    Checkpoint, Layout, ModelSource, RecordPrecision, biencoder_key_to_burn, load_biencoder, manifest_coverage,
-    uniter_key_to_image_tower, write_model_dir,
+    Checkpoint, Layout, ModelSource, RecordPrecision, biencoder_key_to_burn, load_biencoder,
+    manifest_coverage, uniter_key_to_image_tower, write_model_dir,
 };
 use lightningdot::device::CpuBackend;
 use lightningdot::inference::{HostBatch, forward_stages};
@@ -14,7 +14,8 @@ use lightningdot::model::{BiEncoder, BiEncoderConfig, EncoderConfig, ImageEncode
 use lightningdot::tensor_io::TensorFile;
 
 fn batch() -> HostBatch {
-    HostBatch::from_file(&TensorFile::open(&fixtures().join("batch/inputs.safetensors")).unwrap()).unwrap()
+    HostBatch::from_file(&TensorFile::open(&fixtures().join("batch/inputs.safetensors")).unwrap())
+        .unwrap()
 }
 
 fn roundtrip(checkpoint: &str, precision: RecordPrecision) {
@@ -27,7 +28,15 @@ fn roundtrip(checkpoint: &str, precision: RecordPrecision) {
 
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("converted");
-    write_model_dir(model, &cfg, precision, Some((&source.checkpoint, "test")), &out, false).unwrap();
+    write_model_dir(
+        model,
+        &cfg,
+        precision,
+        Some((&source.checkpoint, "test")),
+        &out,
+        false,
+    )
+    .unwrap();
     // Nothing but the final directory is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert_eq!(leftovers.len(), 1);
@@ -45,7 +54,10 @@ fn roundtrip(checkpoint: &str, precision: RecordPrecision) {
         assert_eq!(n1, n2);
         assert_eq!(a.shape, b.shape, "{n1}");
         assert!(
-            a.values.iter().zip(&b.values).all(|(x, y)| x.to_bits() == y.to_bits()),
+            a.values
+                .iter()
+                .zip(&b.values)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
             "{checkpoint}: {n1} differs after conversion"
         );
     }
@@ -70,12 +82,19 @@ fn layouts_are_detected() {
     let f = fixtures();
     let cases = [
         ("checkpoints/biencoder.best.pt", Layout::FineTuneWrapper),
-        ("checkpoints/biencoder.best.legacy.pt", Layout::FineTuneWrapper),
+        (
+            "checkpoints/biencoder.best.legacy.pt",
+            Layout::FineTuneWrapper,
+        ),
         ("checkpoints/pretrain/model_step_1.pt", Layout::Pretraining),
         ("uniter_itm/checkpoint/model.pt", Layout::Uniter),
     ];
     for (file, layout) in cases {
-        assert_eq!(Checkpoint::open(f.join(file)).unwrap().layout, layout, "{file}");
+        assert_eq!(
+            Checkpoint::open(f.join(file)).unwrap().layout,
+            layout,
+            "{file}"
+        );
     }
 }
 
@@ -87,7 +106,12 @@ fn manifest(name: &str) -> Vec<(String, Vec<usize>)> {
         .unwrap()
         .iter()
         .map(|t| {
-            let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            let shape = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
             (t["key"].as_str().unwrap().to_string(), shape)
         })
         .collect()
@@ -98,7 +122,11 @@ fn manifest(name: &str) -> Vec<(String, Vec<usize>)> {
 fn full_size_manifests_are_fully_covered() {
     let device = Default::default();
     let cfg = BiEncoderConfig {
-        img: EncoderConfig::resolve(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/img_base.json")).unwrap(),
+        img: EncoderConfig::resolve(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/configs/img_base.json"
+        ))
+        .unwrap(),
         txt: EncoderConfig::bert_base_cased(),
         project_dim: 768,
     };
@@ -111,12 +139,20 @@ fn full_size_manifests_are_fully_covered() {
 
     let pre = manifest("biencoder_pretraining.json");
     let (bi, heads): (Vec<_>, Vec<_>) = pre.into_iter().partition(|(k, _)| k.starts_with("bert."));
-    let bi: Vec<_> = bi.into_iter().map(|(k, s)| (k["bert.".len()..].to_string(), s)).collect();
-    assert_eq!(manifest_coverage(&model, bi, biencoder_key_to_burn).unwrap(), 421);
+    let bi: Vec<_> = bi
+        .into_iter()
+        .map(|(k, s)| (k["bert.".len()..].to_string(), s))
+        .collect();
+    assert_eq!(
+        manifest_coverage(&model, bi, biencoder_key_to_burn).unwrap(),
+        421
+    );
     // What the bi-encoder loader drops from LightningDot.pt: the pre-training heads only.
-    assert!(heads.iter().all(|(k, _)| ["cls.", "feat_regress.", "region_classifier.", "itm_output."]
-        .iter()
-        .any(|p| k.starts_with(p))));
+    assert!(heads.iter().all(|(k, _)| {
+        ["cls.", "feat_regress.", "region_classifier.", "itm_output."]
+            .iter()
+            .any(|p| k.starts_with(p))
+    }));
     assert_eq!(heads.len(), 20);
     drop(model);
 
@@ -126,7 +162,10 @@ fn full_size_manifests_are_fully_covered() {
         .into_iter()
         .filter(|(k, _)| uniter_key_to_image_tower(k).is_some())
         .collect();
-    assert_eq!(manifest_coverage(&tower, uniter, uniter_key_to_image_tower).unwrap(), 216 - 6);
+    assert_eq!(
+        manifest_coverage(&tower, uniter, uniter_key_to_image_tower).unwrap(),
+        216 - 6
+    );
 }
 
 #[test]
@@ -136,7 +175,10 @@ fn shape_mismatch_names_key_and_both_shapes() {
     source.img_config = Some("uniter-base".into());
     let err = source.load::<CpuBackend>(&device).unwrap_err().to_string();
     assert!(err.contains("shape mismatch for img_model."), "{err}");
-    assert!(err.contains("checkpoint has [") && err.contains("model expects ["), "{err}");
+    assert!(
+        err.contains("checkpoint has [") && err.contains("model expects ["),
+        "{err}"
+    );
 }
 
 #[test]
@@ -146,7 +188,10 @@ fn missing_and_unexpected_keys_are_errors_unless_partial() {
     let mut source = tiny_source("checkpoints/biencoder.proj0.best.pt");
     source.project_dim = Some(32);
     let err = source.load::<CpuBackend>(&device).unwrap_err().to_string();
-    assert!(err.contains("missing from the checkpoint") && err.contains("projection"), "{err}");
+    assert!(
+        err.contains("missing from the checkpoint") && err.contains("projection"),
+        "{err}"
+    );
     source.options.allow_partial = true;
     let (_, _, report) = source.load::<CpuBackend>(&device).unwrap();
     assert_eq!(report.unwrap().missing.len(), 12);
@@ -155,5 +200,8 @@ fn missing_and_unexpected_keys_are_errors_unless_partial() {
     let mut source = tiny_source("checkpoints/biencoder.best.pt");
     source.project_dim = Some(0);
     let err = source.load::<CpuBackend>(&device).unwrap_err().to_string();
-    assert!(err.contains("have no parameter") && err.contains("encode_proj"), "{err}");
+    assert!(
+        err.contains("have no parameter") && err.contains("encode_proj"),
+        "{err}"
+    );
 }

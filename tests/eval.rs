@@ -19,7 +19,10 @@ fn config() -> EvalConfig {
 }
 
 fn expected_recall() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected/eval_recall.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("expected/eval_recall.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 fn recall_of(v: &Value, prefix: &str) -> [f64; 3] {
@@ -28,7 +31,13 @@ fn recall_of(v: &Value, prefix: &str) -> [f64; 3] {
     ["1", "5", "10"].map(|k| r[k].as_f64().unwrap())
 }
 
-fn run(checkpoint: &str) -> (lightningdot::eval::SplitEmbeddings, lightningdot::eval::SplitRecall, lightningdot::eval::Rankings) {
+fn run(
+    checkpoint: &str,
+) -> (
+    lightningdot::eval::SplitEmbeddings,
+    lightningdot::eval::SplitRecall,
+    lightningdot::eval::Rankings,
+) {
     let cfg = config();
     let split = &cfg.splits("test").unwrap()[0];
     let (txt_db, img_db) = open_split(split, &cfg).unwrap();
@@ -51,8 +60,24 @@ fn recall_equals_reference_for_every_checkpoint() {
         let (_, r, _) = run(ckpt);
         let ir = recall_of(case, "image_retrieval_recall");
         let tr = recall_of(case, "txt_retrieval_recall");
-        assert_eq!([r.image_retrieval.r1, r.image_retrieval.r5, r.image_retrieval.r10], ir, "{name}: image retrieval");
-        assert_eq!([r.text_retrieval.r1, r.text_retrieval.r5, r.text_retrieval.r10], tr, "{name}: text retrieval");
+        assert_eq!(
+            [
+                r.image_retrieval.r1,
+                r.image_retrieval.r5,
+                r.image_retrieval.r10
+            ],
+            ir,
+            "{name}: image retrieval"
+        );
+        assert_eq!(
+            [
+                r.text_retrieval.r1,
+                r.text_retrieval.r5,
+                r.text_retrieval.r10
+            ],
+            tr,
+            "{name}: text retrieval"
+        );
         assert_eq!(r.n_texts as u64, case["n_texts"].as_u64().unwrap());
         assert_eq!(r.n_images as u64, case["n_images"].as_u64().unwrap());
         checked += 1;
@@ -62,19 +87,35 @@ fn recall_equals_reference_for_every_checkpoint() {
 
 #[test]
 fn top10_of_every_query_equals_reference() {
-    let want: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected/eval_ranks_top10.json")).unwrap()).unwrap();
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("expected/eval_ranks_top10.json")).unwrap(),
+    )
+    .unwrap();
     let (emb, _, ranks) = run("checkpoints/biencoder.best.pt");
-    let ids = |v: &Value| -> Vec<String> { v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect() };
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
     assert_eq!(emb.txt_ids, ids(&want["txt_ids_order"]));
     assert_eq!(emb.img_ids, ids(&want["img_ids_order"]));
     assert_eq!(ranks.text_query.len(), 100);
     for (q, got) in &ranks.text_query {
-        assert_eq!(got, &ids(&want["text_query_top10_images"][q]), "text query {q}");
+        assert_eq!(
+            got,
+            &ids(&want["text_query_top10_images"][q]),
+            "text query {q}"
+        );
     }
     assert_eq!(ranks.image_query.len(), 20);
     for (q, got) in &ranks.image_query {
-        assert_eq!(got, &ids(&want["image_query_top10_texts"][q]), "image query {q}");
+        assert_eq!(
+            got,
+            &ids(&want["image_query_top10_texts"][q]),
+            "image query {q}"
+        );
     }
 }
 
@@ -99,8 +140,14 @@ fn dumped_embeddings_match_reference() {
     assert!(status.success());
     let got = TensorFile::open(&out).unwrap();
     let want = TensorFile::open(&f.join("expected/eval_embeddings.safetensors")).unwrap();
-    assert_eq!(got.metadata()["txt_ids"], want.metadata()["txt_ids"].replace(", ", ","));
-    assert_eq!(got.metadata()["img_ids"], want.metadata()["img_ids"].replace(", ", ","));
+    assert_eq!(
+        got.metadata()["txt_ids"],
+        want.metadata()["txt_ids"].replace(", ", ",")
+    );
+    assert_eq!(
+        got.metadata()["img_ids"],
+        want.metadata()["img_ids"].replace(", ", ",")
+    );
     for name in ["txt_emb", "img_emb", "scores_txt_x_img"] {
         let d = max_abs_diff(name, &got.f32(name).unwrap(), &want.f32(name).unwrap());
         assert!(d <= 1e-4, "{name}: {d}");
@@ -119,10 +166,17 @@ fn batch_size_does_not_change_results() {
     let txt_db = TxtDb::open(&split.txt_db).unwrap();
     let img_db = ImgDb::open(&split.img_db, cfg.img_db_options()).unwrap();
     let device = Default::default();
-    let (model, _, _) = tiny_source("checkpoints/biencoder.best.pt").load::<CpuBackend>(&device).unwrap();
+    let (model, _, _) = tiny_source("checkpoints/biencoder.best.pt")
+        .load::<CpuBackend>(&device)
+        .unwrap();
     let a = embed_split(&model, &txt_db, &img_db, 7, &device).unwrap();
     let b = embed_split(&model, &txt_db, &img_db, 100, &device).unwrap();
-    let d = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    let d = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
     assert!(d(&a.txt, &b.txt) < 1e-5 && d(&a.img, &b.img) < 1e-5);
     let (ra, _) = evaluate::<CpuBackend>(&a, &device);
     let (rb, _) = evaluate::<CpuBackend>(&b, &device);
@@ -151,11 +205,20 @@ fn assert_error(out: &std::process::Output, needle: &str) {
 }
 
 /// Writes a variant of the fixture eval config (absolute paths) with `edit` applied.
-fn variant(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> std::path::PathBuf {
+fn variant(
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+) -> std::path::PathBuf {
     let f = fixtures();
     let mut v: serde_json::Map<String, Value> =
-        serde_json::from_str(&std::fs::read_to_string(f.join("config/eval_config.json")).unwrap()).unwrap();
-    for k in ["txt_model_config", "img_model_config", "test_txt_db", "test_img_db"] {
+        serde_json::from_str(&std::fs::read_to_string(f.join("config/eval_config.json")).unwrap())
+            .unwrap();
+    for k in [
+        "txt_model_config",
+        "img_model_config",
+        "test_txt_db",
+        "test_img_db",
+    ] {
         let p = f.join(v[k].as_str().unwrap());
         v.insert(k.into(), Value::String(p.display().to_string()));
     }
@@ -169,7 +232,10 @@ fn variant(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Map<String,
 fn bad_eval_inputs_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = variant(tmp.path(), |v| {
-        v.insert("test_txt_db".into(), Value::String("/nonexistent/itm_flickr30k_test.db".into()));
+        v.insert(
+            "test_txt_db".into(),
+            Value::String("/nonexistent/itm_flickr30k_test.db".into()),
+        );
     });
     assert_error(&eval_cli(&cfg, &[]), "/nonexistent/itm_flickr30k_test.db");
 
@@ -195,15 +261,25 @@ fn bad_eval_inputs_are_clear_errors() {
             r.img_fname = "flickr30k_999999999999.npz".into();
         }
         txt2img.insert(id.clone(), r.img_fname.clone());
-        records.push((id.clone(), lightningdot::data::writer::encode_txt_record(&r).unwrap()));
+        records.push((
+            id.clone(),
+            lightningdot::data::writer::encode_txt_record(&r).unwrap(),
+        ));
     }
     lightningdot::data::writer::write_lmdb(&db, &records).unwrap();
     for file in ["id2len.json", "meta.json", "img2txts.json"] {
         std::fs::copy(src.join(file), db.join(file)).unwrap();
     }
-    std::fs::write(db.join("txt2img.json"), serde_json::to_string(&txt2img).unwrap()).unwrap();
+    std::fs::write(
+        db.join("txt2img.json"),
+        serde_json::to_string(&txt2img).unwrap(),
+    )
+    .unwrap();
     let cfg = variant(tmp.path(), |v| {
-        v.insert("test_txt_db".into(), Value::String(db.display().to_string()));
+        v.insert(
+            "test_txt_db".into(),
+            Value::String(db.display().to_string()),
+        );
     });
     assert_error(&eval_cli(&cfg, &[]), "flickr30k_999999999999.npz");
 
@@ -216,7 +292,10 @@ fn bad_eval_inputs_are_clear_errors() {
     std::fs::write(empty.join("img2txts.json"), "{}").unwrap();
     std::fs::copy(src.join("meta.json"), empty.join("meta.json")).unwrap();
     let cfg = variant(tmp.path(), |v| {
-        v.insert("test_txt_db".into(), Value::String(empty.display().to_string()));
+        v.insert(
+            "test_txt_db".into(),
+            Value::String(empty.display().to_string()),
+        );
     });
     assert_error(&eval_cli(&cfg, &[]), "empty split");
 }
@@ -228,6 +307,10 @@ fn data_root_remaps_relative_paths() {
     let cfg = tmp.path().join("eval.json");
     std::fs::copy(f.join("config/eval_config.json"), &cfg).unwrap();
     let out = eval_cli(&cfg, &["--data-root", &f.display().to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("R@10  48.00"));
 }

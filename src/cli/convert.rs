@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use clap::Args;
-use lightningdot::conversion::{Checkpoint, ModelSource, RecordPrecision, load_biencoder, write_model_dir};
+use lightningdot::conversion::{
+    Checkpoint, ModelSource, RecordPrecision, load_biencoder, write_model_dir,
+};
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 
 #[derive(Args, Debug)]
@@ -62,7 +64,11 @@ impl BackendTask for ConvertTask<'_> {
         for k in &report.missing {
             tracing::warn!("parameter not in checkpoint (left at init): {k}");
         }
-        let precision = if a.half { RecordPrecision::F16 } else { RecordPrecision::F32 };
+        let precision = if a.half {
+            RecordPrecision::F16
+        } else {
+            RecordPrecision::F32
+        };
         write_model_dir(
             model,
             &cfg,
@@ -86,8 +92,14 @@ pub fn run(args: ConvertArgs, device: DeviceSpec) -> Result<()> {
     let started = std::time::Instant::now();
     let ckpt = Checkpoint::open(&args.file)?;
     tracing::info!("{}: {}", args.file.display(), ckpt.layout.describe());
-    run_on(device, ConvertTask { args: &args, ckpt: &ckpt })?
-        .with_context(|| format!("converting {}", display(&args.file)))?;
+    run_on(
+        device,
+        ConvertTask {
+            args: &args,
+            ckpt: &ckpt,
+        },
+    )?
+    .with_context(|| format!("converting {}", display(&args.file)))?;
     tracing::info!("done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }

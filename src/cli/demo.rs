@@ -7,18 +7,38 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
 use clap::Args;
-use lightningdot::conversion::{Checkpoint, ModelSource, RecordPrecision, load_biencoder, write_model_dir};
+use lightningdot::conversion::{
+    Checkpoint, ModelSource, RecordPrecision, load_biencoder, write_model_dir,
+};
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 use lightningdot::inference::{HostBatch, forward_stages};
 use lightningdot::tensor_io::{HostTensor, TensorFile};
 
 const FILES: [(&str, &[u8]); 6] = [
-    ("biencoder.best.pt", include_bytes!("../../tests/tiny/biencoder.best.pt")),
-    ("img_model_config.json", include_bytes!("../../tests/tiny/img_model_config.json")),
-    ("txt_model_config/config.json", include_bytes!("../../tests/tiny/txt_model_config/config.json")),
-    ("txt_model_config/vocab.txt", include_bytes!("../../tests/tiny/txt_model_config/vocab.txt")),
-    ("batch.safetensors", include_bytes!("../../tests/tiny/batch.safetensors")),
-    ("expected_main.safetensors", include_bytes!("../../tests/tiny/expected_main.safetensors")),
+    (
+        "biencoder.best.pt",
+        include_bytes!("../../tests/tiny/biencoder.best.pt"),
+    ),
+    (
+        "img_model_config.json",
+        include_bytes!("../../tests/tiny/img_model_config.json"),
+    ),
+    (
+        "txt_model_config/config.json",
+        include_bytes!("../../tests/tiny/txt_model_config/config.json"),
+    ),
+    (
+        "txt_model_config/vocab.txt",
+        include_bytes!("../../tests/tiny/txt_model_config/vocab.txt"),
+    ),
+    (
+        "batch.safetensors",
+        include_bytes!("../../tests/tiny/batch.safetensors"),
+    ),
+    (
+        "expected_main.safetensors",
+        include_bytes!("../../tests/tiny/expected_main.safetensors"),
+    ),
 ];
 
 /// Tolerance of the fixtures README for an fp32 port.
@@ -47,22 +67,45 @@ impl BackendTask for Demo {
             ..Default::default()
         };
         let ckpt = Checkpoint::open(&source.checkpoint)?;
-        println!("1. inspect   {} tensors, layout: {}", ckpt.tensors.len(), ckpt.layout.describe());
+        println!(
+            "1. inspect   {} tensors, layout: {}",
+            ckpt.tensors.len(),
+            ckpt.layout.describe()
+        );
         let cfg = source.resolve_config(&ckpt)?;
         let (model, report) = load_biencoder::<B>(&ckpt, &cfg, &device, source.options)?;
         let out = d.join("converted");
-        write_model_dir(model, &cfg, RecordPrecision::F32, Some((&source.checkpoint, "demo")), &out, true)?;
+        write_model_dir(
+            model,
+            &cfg,
+            RecordPrecision::F32,
+            Some((&source.checkpoint, "demo")),
+            &out,
+            true,
+        )?;
         println!(
             "2. convert   {} tensors applied, {} ignored -> {}",
             report.applied,
             report.ignored.len(),
             out.display()
         );
-        let (model, _, _) = ModelSource { checkpoint: out, ..Default::default() }.load::<B>(&device)?;
+        let (model, _, _) = ModelSource {
+            checkpoint: out,
+            ..Default::default()
+        }
+        .load::<B>(&device)?;
         let batch = HostBatch::from_file(&TensorFile::open(&d.join("batch.safetensors"))?)?;
         batch.validate(&cfg)?;
         let got = forward_stages(&model, &batch, &device);
-        println!("3. forward   {} captions x {} images on {}", batch.txt_input_ids.shape[0], batch.img_feat.shape[0], std::any::type_name::<B>().rsplit("::").next().unwrap_or("?"));
+        println!(
+            "3. forward   {} captions x {} images on {}",
+            batch.txt_input_ids.shape[0],
+            batch.img_feat.shape[0],
+            std::any::type_name::<B>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("?")
+        );
         let want = TensorFile::open(&d.join("expected_main.safetensors"))?;
         let mut rows = Vec::new();
         let mut names = want.names();
@@ -74,7 +117,12 @@ impl BackendTask for Demo {
                 .find(|(n, _)| *n == name)
                 .map(|(_, t)| t)
                 .with_context(|| format!("stage {name} not produced"))?;
-            let diff = g.values.iter().zip(&w.values).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let diff = g
+                .values
+                .iter()
+                .zip(&w.values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             rows.push((name, w.shape, diff));
         }
         Ok(rows)
@@ -99,9 +147,15 @@ pub fn run(args: DemoArgs, device: DeviceSpec) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     if worst > ATOL {
-        bail!("{} stages compared, worst difference {worst:e} exceeds {ATOL:e}", rows.len());
+        bail!(
+            "{} stages compared, worst difference {worst:e} exceeds {ATOL:e}",
+            rows.len()
+        );
     }
-    println!("OK: {} stages match the reference (worst {worst:.2e})", rows.len());
+    println!(
+        "OK: {} stages match the reference (worst {worst:.2e})",
+        rows.len()
+    );
     Ok(())
 }
 
@@ -109,7 +163,8 @@ fn write_assets(dir: &Path) -> Result<()> {
     for (name, bytes) in FILES {
         let p = dir.join(name);
         if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
     }

@@ -9,7 +9,9 @@ use burn::prelude::Backend;
 use clap::Args;
 use lightningdot::conversion::{LoadOptions, ModelSource};
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
-use lightningdot::eval::{self, EvalConfig, EvalReport, embed_split, evaluate, format_table, open_split};
+use lightningdot::eval::{
+    self, EvalConfig, EvalReport, embed_split, evaluate, format_table, open_split,
+};
 use lightningdot::tensor_io::write_f32;
 
 #[derive(Args, Debug)]
@@ -51,7 +53,10 @@ struct EvalTask<'a> {
     cfg: EvalConfig,
 }
 
-type Dump = (Vec<(String, lightningdot::tensor_io::HostTensor<f32>)>, Vec<(String, String)>);
+type Dump = (
+    Vec<(String, lightningdot::tensor_io::HostTensor<f32>)>,
+    Vec<(String, String)>,
+);
 
 impl BackendTask for EvalTask<'_> {
     type Output = Result<(EvalReport, Dump, serde_json::Value)>;
@@ -67,17 +72,26 @@ impl BackendTask for EvalTask<'_> {
             project_dim: self.cfg.project_dim,
             options: LoadOptions::default(),
         };
-        let (model, mcfg, _) = source.load::<B>(&device).with_context(|| format!("loading {}", a.checkpoint.display()))?;
-        tracing::info!("model: project_dim {}, image tower {} layers, text tower {} layers", mcfg.project_dim, mcfg.img.num_hidden_layers, mcfg.txt.num_hidden_layers);
+        let (model, mcfg, _) = source
+            .load::<B>(&device)
+            .with_context(|| format!("loading {}", a.checkpoint.display()))?;
+        tracing::info!(
+            "model: project_dim {}, image tower {} layers, text tower {} layers",
+            mcfg.project_dim,
+            mcfg.img.num_hidden_layers,
+            mcfg.txt.num_hidden_layers
+        );
         let batch = a.batch_size.or(self.cfg.valid_batch_size).unwrap_or(80);
         let mut report = EvalReport::default();
         let (mut tensors, mut meta) = (Vec::new(), Vec::new());
         let mut ranks = serde_json::Map::new();
         let multi = splits.len() > 1;
         for split in &splits {
-            let (txt_db, img_db) = open_split(split, &self.cfg).with_context(|| format!("{} split", split.name))?;
+            let (txt_db, img_db) =
+                open_split(split, &self.cfg).with_context(|| format!("{} split", split.name))?;
             let started = std::time::Instant::now();
-            let emb = embed_split(&model, &txt_db, &img_db, batch, &device).with_context(|| format!("{} split", split.name))?;
+            let emb = embed_split(&model, &txt_db, &img_db, batch, &device)
+                .with_context(|| format!("{} split", split.name))?;
             let encode_s = started.elapsed().as_secs_f64();
             let (recall, rankings) = evaluate::<B>(&emb, &device);
             tracing::info!(
@@ -90,13 +104,21 @@ impl BackendTask for EvalTask<'_> {
             );
             println!("{}", format_table(split.name, &recall));
             report.set(split.name, recall);
-            let prefix = if multi { format!("{}.", split.name) } else { String::new() };
+            let prefix = if multi {
+                format!("{}.", split.name)
+            } else {
+                String::new()
+            };
             if a.dump_embeddings.is_some() {
                 tensors.extend(eval::embeddings_tensors(&emb, &prefix));
                 meta.extend(eval::embeddings_metadata(&emb, &prefix));
             }
             let to_map = |v: &Vec<(String, Vec<String>)>| {
-                serde_json::Value::Object(v.iter().map(|(k, r)| (k.clone(), serde_json::json!(r))).collect())
+                serde_json::Value::Object(
+                    v.iter()
+                        .map(|(k, r)| (k.clone(), serde_json::json!(r)))
+                        .collect(),
+                )
             };
             ranks.insert(
                 split.name.to_string(),
@@ -115,7 +137,8 @@ pub fn run(args: EvalArgs, device: DeviceSpec) -> Result<()> {
     let (report, (tensors, meta), ranks) = run_on(device, EvalTask { args: &args, cfg })??;
     if let Some(p) = &args.json {
         let text = serde_json::to_string_pretty(&report)? + "\n";
-        lightningdot::tensor_io::write_atomic(p, text.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+        lightningdot::tensor_io::write_atomic(p, text.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &args.dump_embeddings {
         let meta: HashMap<String, String> = meta.into_iter().collect();
@@ -123,7 +146,8 @@ pub fn run(args: EvalArgs, device: DeviceSpec) -> Result<()> {
     }
     if let Some(p) = &args.dump_ranks {
         let text = serde_json::to_string_pretty(&ranks)? + "\n";
-        lightningdot::tensor_io::write_atomic(p, text.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+        lightningdot::tensor_io::write_atomic(p, text.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }

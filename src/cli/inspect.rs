@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use lightningdot::conversion::{Checkpoint, Layout, TorchFormat, biencoder_key_to_burn, infer_project_dim, uniter_key_to_image_tower};
+use lightningdot::conversion::{
+    Checkpoint, Layout, TorchFormat, biencoder_key_to_burn, infer_project_dim,
+    uniter_key_to_image_tower,
+};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -20,7 +23,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let ckpt = Checkpoint::open(&args.file)?;
     let size = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
     if !args.summary {
-        println!("{:<72} {:>18} {}", "key", "shape", "dtype");
+        println!("{:<72} {:>18} dtype", "key", "shape");
         for (k, t) in &ckpt.tensors {
             println!("{k:<72} {:>18} {:?}", format!("{:?}", t.shape()), t.dtype());
         }
@@ -36,10 +39,18 @@ pub fn run(args: InspectArgs) -> Result<()> {
         *dtypes.entry(format!("{:?}", t.dtype())).or_default() += 1;
     }
     let params: usize = ckpt.tensors.values().map(|t| t.numel()).sum();
-    println!("file:      {} ({:.1} MB)", args.file.display(), size as f64 / 1e6);
+    println!(
+        "file:      {} ({:.1} MB)",
+        args.file.display(),
+        size as f64 / 1e6
+    );
     println!("format:    {format}");
     println!("layout:    {}", ckpt.layout.describe());
-    println!("tensors:   {} ({:.2}M values), dtypes {dtypes:?}", ckpt.tensors.len(), params as f64 / 1e6);
+    println!(
+        "tensors:   {} ({:.2}M values), dtypes {dtypes:?}",
+        ckpt.tensors.len(),
+        params as f64 / 1e6
+    );
 
     println!("conversion would:");
     match ckpt.layout {
@@ -48,9 +59,18 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 .tensors
                 .keys()
                 .partition(|k| uniter_key_to_image_tower(k).is_some());
-            println!("  - map {} backbone keys (uniter./bert. prefix, gamma/beta -> weight/bias) onto the image tower", backbone.len());
-            println!("  - ignore {} head keys ({})", heads.len(), groups(heads.iter().map(|s| s.as_str())));
-            println!("  - this file initialises the image tower (training) or the re-ranker; it is not a bi-encoder");
+            println!(
+                "  - map {} backbone keys (uniter./bert. prefix, gamma/beta -> weight/bias) onto the image tower",
+                backbone.len()
+            );
+            println!(
+                "  - ignore {} head keys ({})",
+                heads.len(),
+                groups(heads.iter().map(|s| s.as_str()))
+            );
+            println!(
+                "  - this file initialises the image tower (training) or the re-ranker; it is not a bi-encoder"
+            );
         }
         _ => {
             let (model, ignored) = ckpt.biencoder_tensors();
@@ -59,25 +79,48 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 Layout::Pretraining => "strip the `bert.` prefix",
                 _ => "use keys as they are",
             };
-            let unmapped: Vec<&String> = model.keys().filter(|k| biencoder_key_to_burn(k).is_none()).collect();
+            let unmapped: Vec<&String> = model
+                .keys()
+                .filter(|k| biencoder_key_to_burn(k).is_none())
+                .collect();
             let linear = model
                 .iter()
-                .filter(|(k, t)| k.ends_with(".weight") && t.shape().len() == 2 && !k.contains("embeddings.") )
+                .filter(|(k, t)| {
+                    k.ends_with(".weight") && t.shape().len() == 2 && !k.contains("embeddings.")
+                })
                 .count();
-            println!("  - {strip}: {} bi-encoder tensors (image tower {}, text tower {})",
+            println!(
+                "  - {strip}: {} bi-encoder tensors (image tower {}, text tower {})",
                 model.len(),
                 model.keys().filter(|k| k.starts_with("img_model.")).count(),
-                model.keys().filter(|k| k.starts_with("txt_model.")).count());
+                model.keys().filter(|k| k.starts_with("txt_model.")).count()
+            );
             if !ignored.is_empty() {
-                println!("  - ignore {} other key(s): {}", ignored.len(), groups(ignored.iter().map(|s| s.as_str())));
+                println!(
+                    "  - ignore {} other key(s): {}",
+                    ignored.len(),
+                    groups(ignored.iter().map(|s| s.as_str()))
+                );
             }
             if ckpt.main_dtype() != burn::tensor::DType::F32 {
-                println!("  - widen {:?} weights to f32 (`convert --half` keeps a half-precision record)", ckpt.main_dtype());
+                println!(
+                    "  - widen {:?} weights to f32 (`convert --half` keeps a half-precision record)",
+                    ckpt.main_dtype()
+                );
             }
-            println!("  - transpose {linear} Linear weights ([out, in] -> [in, out]), rename LayerNorm weight/bias -> gamma/beta");
-            println!("  - project_dim = {} (inferred from encode_proj.3)", infer_project_dim(&ckpt));
+            println!(
+                "  - transpose {linear} Linear weights ([out, in] -> [in, out]), rename LayerNorm weight/bias -> gamma/beta"
+            );
+            println!(
+                "  - project_dim = {} (inferred from encode_proj.3)",
+                infer_project_dim(&ckpt)
+            );
             if !unmapped.is_empty() {
-                println!("  - WARNING: {} key(s) have no place in the model, e.g. {}", unmapped.len(), unmapped[0]);
+                println!(
+                    "  - WARNING: {} key(s) have no place in the model, e.g. {}",
+                    unmapped.len(),
+                    unmapped[0]
+                );
             }
         }
     }
@@ -89,5 +132,8 @@ fn groups<'a>(keys: impl Iterator<Item = &'a str>) -> String {
     for k in keys {
         *g.entry(k.split('.').next().unwrap_or("")).or_default() += 1;
     }
-    g.iter().map(|(k, n)| format!("{k}.* x{n}")).collect::<Vec<_>>().join(", ")
+    g.iter()
+        .map(|(k, n)| format!("{k}.* x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -78,7 +78,8 @@ impl ModelArgs {
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    s.parse().map_err(|e: lightningdot::device::DeviceError| e.to_string())
+    s.parse()
+        .map_err(|e: lightningdot::device::DeviceError| e.to_string())
 }
 
 fn init_logging(filter: &str) {

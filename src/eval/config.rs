@@ -87,7 +87,10 @@ impl EvalConfig {
             None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
         if cfg.valid_batch_size == Some(0) {
-            return Err(EvalError::Config(format!("{}: valid_batch_size must be > 0", path.display())));
+            return Err(EvalError::Config(format!(
+                "{}: valid_batch_size must be > 0",
+                path.display()
+            )));
         }
         Ok(cfg)
     }
@@ -139,13 +142,25 @@ impl EvalConfig {
         let dev = pair("dev", &self.val_txt_db, &self.val_img_db)?;
         let test = pair("test", &self.test_txt_db, &self.test_img_db)?;
         match which {
-            "dev" => out.push(dev.ok_or_else(|| EvalError::Config("config has no val_txt_db/val_img_db".into()))?),
-            "test" => out.push(test.ok_or_else(|| EvalError::Config("config has no test_txt_db/test_img_db".into()))?),
+            "dev" => {
+                out.push(dev.ok_or_else(|| {
+                    EvalError::Config("config has no val_txt_db/val_img_db".into())
+                })?)
+            }
+            "test" => out.push(test.ok_or_else(|| {
+                EvalError::Config("config has no test_txt_db/test_img_db".into())
+            })?),
             "all" => out.extend(dev.into_iter().chain(test)),
-            other => return Err(EvalError::Config(format!("unknown split {other:?}: expected dev, test or all"))),
+            other => {
+                return Err(EvalError::Config(format!(
+                    "unknown split {other:?}: expected dev, test or all"
+                )));
+            }
         }
         if out.is_empty() {
-            return Err(EvalError::Config("config names no split (val_* / test_* dbs)".into()));
+            return Err(EvalError::Config(
+                "config names no split (val_* / test_* dbs)".into(),
+            ));
         }
         Ok(out)
     }
@@ -155,14 +170,22 @@ impl EvalConfig {
     pub fn model_configs(&self) -> (Option<String>, Option<String>) {
         let img = self.img_model_config.as_ref().map(|p| {
             let r = self.resolve(p);
-            if !r.exists() && Path::new(p).file_name().is_some_and(|n| n == "img_base.json") {
+            if !r.exists()
+                && Path::new(p)
+                    .file_name()
+                    .is_some_and(|n| n == "img_base.json")
+            {
                 "uniter-base".to_string()
             } else {
                 r.display().to_string()
             }
         });
         let txt = self.txt_model_config.as_ref().map(|p| {
-            if matches!(p.as_str(), "bert-base-cased" | "bert-base") { p.clone() } else { self.resolve(p).display().to_string() }
+            if matches!(p.as_str(), "bert-base-cased" | "bert-base") {
+                p.clone()
+            } else {
+                self.resolve(p).display().to_string()
+            }
         });
         (img, txt)
     }

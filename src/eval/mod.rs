@@ -68,7 +68,10 @@ pub fn embed_split<B: Backend>(
     let mut txt: Vec<Vec<f32>> = vec![Vec::new(); items.len()];
     let pb = bar(items.len(), "captions");
     for chunk in order.chunks(batch_size) {
-        let ids: Vec<&[u32]> = chunk.iter().map(|&i| items[i].input_ids.as_slice()).collect();
+        let ids: Vec<&[u32]> = chunk
+            .iter()
+            .map(|&i| items[i].input_ids.as_slice())
+            .collect();
         let v = encode_texts(model, &collate_texts(&ids), device);
         dim = v.len() / chunk.len();
         for (row, &i) in v.chunks(dim).zip(chunk) {
@@ -80,7 +83,10 @@ pub fn embed_split<B: Backend>(
 
     let images = ds.unique_images();
     let mut by_size: Vec<usize> = (0..images.len()).collect();
-    let nbb: Vec<usize> = images.iter().map(|n| img_db.num_bb(n)).collect::<Result<_, _>>()?;
+    let nbb: Vec<usize> = images
+        .iter()
+        .map(|n| img_db.num_bb(n))
+        .collect::<Result<_, _>>()?;
     by_size.sort_by_key(|&i| std::cmp::Reverse(nbb[i]));
     let mut img: Vec<Vec<f32>> = vec![Vec::new(); images.len()];
     let pb = bar(images.len(), "images");
@@ -101,7 +107,10 @@ pub fn embed_split<B: Backend>(
         txt: txt.concat(),
         img: img.concat(),
         dim,
-        txt2img: items.iter().map(|it| (it.txt_id.clone(), it.img_fname.clone())).collect(),
+        txt2img: items
+            .iter()
+            .map(|it| (it.txt_id.clone(), it.img_fname.clone()))
+            .collect(),
     })
 }
 
@@ -111,7 +120,13 @@ pub fn evaluate<B: Backend>(emb: &SplitEmbeddings, device: &B::Device) -> (Split
     let txt_hits = img_index.search(&emb.txt, TOP_K);
     let txt_index = FlatIndex::<B>::new(&emb.txt, emb.dim, device);
     let img_hits = txt_index.search(&emb.img, TOP_K);
-    recall::compute(&emb.txt_ids, &emb.img_ids, &emb.txt2img, &txt_hits, &img_hits)
+    recall::compute(
+        &emb.txt_ids,
+        &emb.img_ids,
+        &emb.txt2img,
+        &txt_hits,
+        &img_hits,
+    )
 }
 
 /// The eval JSON (`{"test": {"image_retrieval": {...}, "text_retrieval": {...}, "n_texts", "n_images"}}`).
@@ -153,28 +168,58 @@ pub fn format_table(split: &str, r: &SplitRecall) -> String {
 /// Writes the embeddings (and their score matrix) as safetensors, names and metadata as in
 /// fixtures/expected/eval_embeddings.safetensors (`txt_emb`, `img_emb`, `scores_txt_x_img`;
 /// id order in the `txt_ids` / `img_ids` metadata). `prefix` separates splits (`dev.`).
-pub fn embeddings_tensors(emb: &SplitEmbeddings, prefix: &str) -> Vec<(String, crate::tensor_io::HostTensor<f32>)> {
+pub fn embeddings_tensors(
+    emb: &SplitEmbeddings,
+    prefix: &str,
+) -> Vec<(String, crate::tensor_io::HostTensor<f32>)> {
     use crate::tensor_io::HostTensor;
     let (nt, ni, d) = (emb.txt_ids.len(), emb.img_ids.len(), emb.dim);
     let mut scores = vec![0f32; nt * ni];
     for t in 0..nt {
         let q = &emb.txt[t * d..(t + 1) * d];
         for i in 0..ni {
-            scores[t * ni + i] = q.iter().zip(&emb.img[i * d..(i + 1) * d]).map(|(a, b)| a * b).sum();
+            scores[t * ni + i] = q
+                .iter()
+                .zip(&emb.img[i * d..(i + 1) * d])
+                .map(|(a, b)| a * b)
+                .sum();
         }
     }
     vec![
-        (format!("{prefix}txt_emb"), HostTensor { shape: vec![nt, d], values: emb.txt.clone() }),
-        (format!("{prefix}img_emb"), HostTensor { shape: vec![ni, d], values: emb.img.clone() }),
-        (format!("{prefix}scores_txt_x_img"), HostTensor { shape: vec![nt, ni], values: scores }),
+        (
+            format!("{prefix}txt_emb"),
+            HostTensor {
+                shape: vec![nt, d],
+                values: emb.txt.clone(),
+            },
+        ),
+        (
+            format!("{prefix}img_emb"),
+            HostTensor {
+                shape: vec![ni, d],
+                values: emb.img.clone(),
+            },
+        ),
+        (
+            format!("{prefix}scores_txt_x_img"),
+            HostTensor {
+                shape: vec![nt, ni],
+                values: scores,
+            },
+        ),
     ]
 }
 
 /// Metadata for [`embeddings_tensors`].
 pub fn embeddings_metadata(emb: &SplitEmbeddings, prefix: &str) -> Vec<(String, String)> {
     vec![
-        (format!("{prefix}txt_ids"), serde_json::to_string(&emb.txt_ids).unwrap_or_default()),
-        (format!("{prefix}img_ids"), serde_json::to_string(&emb.img_ids).unwrap_or_default()),
+        (
+            format!("{prefix}txt_ids"),
+            serde_json::to_string(&emb.txt_ids).unwrap_or_default(),
+        ),
+        (
+            format!("{prefix}img_ids"),
+            serde_json::to_string(&emb.img_ids).unwrap_or_default(),
+        ),
     ]
 }
-

@@ -30,7 +30,13 @@ impl Recall {
     }
 
     fn from_hits(hits: [usize; 3], total: usize) -> Self {
-        let f = |h: usize| if total == 0 { 0.0 } else { h as f64 / total as f64 };
+        let f = |h: usize| {
+            if total == 0 {
+                0.0
+            } else {
+                h as f64 / total as f64
+            }
+        };
         Self {
             r1: f(hits[0]),
             r5: f(hits[1]),
@@ -81,12 +87,18 @@ pub fn compute(
             img2txts.entry(img.as_str()).or_default().push(t);
         }
     }
-    let img_pos: HashMap<&str, usize> = img_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let img_pos: HashMap<&str, usize> = img_ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
 
     let mut ir = [0usize; 3];
     let mut rankings = Rankings::default();
     for (t, hits) in txt_hits.iter().enumerate() {
-        let gt = txt2img.get(&txt_ids[t]).and_then(|img| img_pos.get(img.as_str()).copied());
+        let gt = txt2img
+            .get(&txt_ids[t])
+            .and_then(|img| img_pos.get(img.as_str()).copied());
         let rank = gt.and_then(|g| hits.iter().position(|h| h.index == g));
         for (slot, k) in KS.iter().enumerate() {
             if rank.is_some_and(|r| r < *k) {
@@ -101,7 +113,10 @@ pub fn compute(
 
     let mut tr = [0usize; 3];
     for (i, hits) in img_hits.iter().enumerate() {
-        let gts = img2txts.get(img_ids[i].as_str()).cloned().unwrap_or_default();
+        let gts = img2txts
+            .get(img_ids[i].as_str())
+            .cloned()
+            .unwrap_or_default();
         let best = hits.iter().position(|h| gts.contains(&h.index));
         for (slot, k) in KS.iter().enumerate() {
             if best.is_some_and(|r| r < *k) {
@@ -136,8 +151,9 @@ mod tests {
     fn recall_uses_reference_normalisation() {
         let txt: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let img: Vec<String> = ["x", "y"].map(String::from).to_vec();
-        let t2i: HashMap<String, String> =
-            [("a", "x"), ("b", "x"), ("c", "y")].map(|(a, b)| (a.to_string(), b.to_string())).into();
+        let t2i: HashMap<String, String> = [("a", "x"), ("b", "x"), ("c", "y")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .into();
         // Captions: a finds x first, b finds x second, c finds y second.
         let th = vec![hits(&[0, 1]), hits(&[1, 0]), hits(&[0, 1])];
         // Image x: its captions a/b at ranks 2,3; image y: caption c first.

@@ -1,6 +1,8 @@
 //! Input embeddings: BERT/UNITER text embeddings and UNITER region embeddings (spec §2.2, §2.3).
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, Linear, LinearConfig,
+};
 use burn::prelude::*;
 
 use super::config::{EncoderConfig, IMG_FEAT_DIM, IMG_POS_DIM};
@@ -100,7 +102,9 @@ impl<B: Backend> ImageEmbeddings<B> {
             None => img_feat,
         };
         let [b, n, _] = img_feat.dims();
-        let h = self.img_layer_norm.forward(linear3(&self.img_linear, img_feat));
+        let h = self
+            .img_layer_norm
+            .forward(linear3(&self.img_linear, img_feat));
         let p = self
             .pos_layer_norm
             .forward(linear3(&self.pos_linear, img_pos_feat));

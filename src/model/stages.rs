@@ -24,7 +24,10 @@ impl<B: Backend> TowerStages<B> {
         layers: Vec<Tensor<B, 3>>,
         head: Option<&ProjectionHead<B>>,
     ) -> Self {
-        let last = layers.last().cloned().unwrap_or_else(|| embedding_output.clone());
+        let last = layers
+            .last()
+            .cloned()
+            .unwrap_or_else(|| embedding_output.clone());
         let first = first_token(last);
         let projection = head.map(|h| h.forward_stages(first.clone()));
         let pooled = projection
@@ -62,14 +65,23 @@ impl<B: Backend> TowerStages<B> {
             NamedTensor::D3(self.sequence_output()),
         ));
         if let Some(p) = &self.projection {
-            out.push((format!("{prefix}.proj_linear0"), NamedTensor::D2(p.linear0.clone())));
-            out.push((format!("{prefix}.proj_gelu"), NamedTensor::D2(p.gelu.clone())));
+            out.push((
+                format!("{prefix}.proj_linear0"),
+                NamedTensor::D2(p.linear0.clone()),
+            ));
+            out.push((
+                format!("{prefix}.proj_gelu"),
+                NamedTensor::D2(p.gelu.clone()),
+            ));
             out.push((
                 format!("{prefix}.proj_layernorm"),
                 NamedTensor::D2(p.layernorm.clone()),
             ));
         }
-        out.push((format!("{prefix}.pooled"), NamedTensor::D2(self.pooled.clone())));
+        out.push((
+            format!("{prefix}.pooled"),
+            NamedTensor::D2(self.pooled.clone()),
+        ));
         out
     }
 }
@@ -89,10 +101,7 @@ impl<B: Backend> NamedTensor<B> {
             NamedTensor::D3(t) => t.to_data(),
         };
         let shape = data.shape.to_vec();
-        let values = data
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_default();
+        let values = data.convert::<f32>().into_vec::<f32>().unwrap_or_default();
         (shape, values)
     }
 }

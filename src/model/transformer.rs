@@ -59,7 +59,13 @@ impl<B: Backend> Attention<B> {
     }
 
     /// `x`: `[batch * seq, H]` rows; `mask_bias`: `[batch, 1, 1, seq]`. Returns `[batch * seq, H]`.
-    fn forward(&self, x: Tensor<B, 2>, batch: usize, seq: usize, mask_bias: Tensor<B, 4>) -> Tensor<B, 2> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        batch: usize,
+        seq: usize,
+        mask_bias: Tensor<B, 4>,
+    ) -> Tensor<B, 2> {
         let [_, hidden] = x.dims();
         let heads = self.num_heads;
         let dh = hidden / heads;
@@ -102,9 +108,17 @@ impl<B: Backend> Layer<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 2>, batch: usize, seq: usize, mask_bias: Tensor<B, 4>) -> Tensor<B, 2> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        batch: usize,
+        seq: usize,
+        mask_bias: Tensor<B, 4>,
+    ) -> Tensor<B, 2> {
         let a = self.attention.forward(x, batch, seq, mask_bias);
-        let h = self.output.forward(gelu(self.intermediate.forward(a.clone())));
+        let h = self
+            .output
+            .forward(gelu(self.intermediate.forward(a.clone())));
         self.output_norm.forward(self.dropout.forward(h) + a)
     }
 }
@@ -126,7 +140,11 @@ impl<B: Backend> Encoder<B> {
 
     /// `x`: `[batch, seq, H]`, `attention_mask`: `[batch, seq]` of 1 (attend) / 0 (padding).
     /// Returns every layer's output, each `[batch, seq, H]` (the last one is `sequence_output`).
-    pub fn forward_all(&self, x: Tensor<B, 3>, attention_mask: Tensor<B, 2, Int>) -> Vec<Tensor<B, 3>> {
+    pub fn forward_all(
+        &self,
+        x: Tensor<B, 3>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Vec<Tensor<B, 3>> {
         let [batch, seq, hidden] = x.dims();
         let bias = mask_bias(attention_mask);
         let mut h = x.reshape([batch * seq, hidden]);
@@ -154,7 +172,9 @@ impl<B: Backend> Encoder<B> {
 fn mask_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
     let [batch, seq] = mask.dims();
     let m = mask.float();
-    (m.neg() + 1.0).mul_scalar(MASK_BIAS).reshape([batch, 1, 1, seq])
+    (m.neg() + 1.0)
+        .mul_scalar(MASK_BIAS)
+        .reshape([batch, 1, 1, seq])
 }
 
 /// `BertPooler` (dense + tanh on token 0). Kept so that every checkpoint key has a home; the

@@ -33,7 +33,12 @@ pub fn max_abs_diff(name: &str, got: &HostTensor<f32>, want: &HostTensor<f32>) -
 }
 
 /// Compares every tensor of `expected` that `got` names, returning how many were compared.
-pub fn assert_stages_close(got: &[(String, HostTensor<f32>)], expected: &TensorFile, atol: f32, label: &str) -> usize {
+pub fn assert_stages_close(
+    got: &[(String, HostTensor<f32>)],
+    expected: &TensorFile,
+    atol: f32,
+    label: &str,
+) -> usize {
     let mut compared = 0;
     for name in expected.names() {
         let want = expected.f32(&name).unwrap();
