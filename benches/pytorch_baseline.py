@@ -74,7 +74,7 @@ def timeit(fn, warmup, iters):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", default=None, help="also write and time a full-size fp16 checkpoint")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=3)
@@ -98,13 +98,29 @@ def main():
         res["query_s"] = timeit(lambda: txt(one, torch.ones(1, 16, dtype=torch.long)), 2, 10)
     res["batch"] = b
 
+    if a.checkpoint is None:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        return
+
     # A flickr-ft.pt-shaped checkpoint: {model_dict: fp16 BiEncoder.state_dict(), ...}.
+    rename = {"img_linear.": "bert.img_embeddings.img_linear.",
+              "img_ln.": "bert.img_embeddings.img_layer_norm.",
+              "pos_linear.": "bert.img_embeddings.pos_linear.",
+              "pos_ln.": "bert.img_embeddings.pos_layer_norm.",
+              "ln.": "bert.img_embeddings.LayerNorm.",
+              "proj.": "encode_proj."}
     sd = {}
     for prefix, tower in (("img_model.", img), ("txt_model.", txt)):
         for k, v in tower.state_dict().items():
-            if k.startswith("bert.embeddings.position_ids"):
+            if "position_ids" in k:
                 continue
+            for old, new in rename.items():
+                if k.startswith(old):
+                    k = new + k[len(old):]
+                    break
             sd[prefix + k] = v.half()
+    sd["img_model.bert.img_embeddings.mask_embedding.weight"] = torch.zeros(2, 2048).half()
     torch.save({"model_dict": sd, "optimizer_dict": {}, "scheduler_dict": {}, "offset": 0,
                 "epoch": 0, "encoder_params": None}, a.checkpoint)
     t = time.perf_counter()

@@ -38,6 +38,8 @@ pub enum ConvertError {
     MissingKeys { count: usize, first: String },
     #[error("{path}: {reason}")]
     ModelDir { path: String, reason: String },
+    #[error("{path}: not a usable UNITER cross-encoder checkpoint: {reason}")]
+    NotUniter { path: String, reason: String },
     #[error(transparent)]
     Config(#[from] crate::model::ConfigError),
     #[error("applying weights failed: {0}")]

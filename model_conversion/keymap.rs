@@ -105,6 +105,20 @@ pub fn uniter_key_to_image_tower(key: &str) -> Option<String> {
     Some(backbone_key(rest))
 }
 
+/// Maps a key of a UNITER retrieval checkpoint (`UniterForImageTextRetrieval.state_dict()`) to
+/// its path in [`UniterItm`](crate::model::UniterItm): the backbone under `prefix` (`uniter.`
+/// upstream, `bert.` as vendored by LightningDOT) and the `rank_output` / `itm_output` heads;
+/// `None` for anything else (pre-training heads such as `cls.*`, `feat_regress.*`).
+pub fn uniter_itm_key_to_burn(key: &str, prefix: &str) -> Option<String> {
+    if let Some(rest) = key.strip_prefix(prefix) {
+        return Some(backbone_key(rest));
+    }
+    ["rank_output.", "itm_output."]
+        .iter()
+        .any(|h| key.starts_with(h))
+        .then(|| key.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +145,23 @@ mod tests {
             Some("img_embeddings.layer_norm.weight")
         );
         assert_eq!(biencoder_key_to_burn("cls.predictions.bias"), None);
+        assert_eq!(
+            uniter_itm_key_to_burn("uniter.encoder.layer.3.output.LayerNorm.gamma", "uniter.")
+                .as_deref(),
+            Some("encoder.layers.3.output_norm.weight")
+        );
+        assert_eq!(
+            uniter_itm_key_to_burn("rank_output.weight", "bert.").as_deref(),
+            Some("rank_output.weight")
+        );
+        assert_eq!(
+            uniter_itm_key_to_burn("uniter.pooler.dense.bias", "bert."),
+            None
+        );
+        assert_eq!(
+            uniter_itm_key_to_burn("cls.predictions.bias", "bert."),
+            None
+        );
         assert_eq!(
             biencoder_key_to_burn("txt_model.encode_proj.1.weight"),
             None

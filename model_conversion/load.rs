@@ -34,7 +34,7 @@ pub struct LoadReport {
 }
 
 /// A model parameter as the loader sees it.
-struct Param {
+pub(super) struct Param {
     /// Shape in burn orientation.
     shape: Vec<usize>,
     /// Linear weights are stored `[in, out]` in burn, `[out, in]` in PyTorch.
@@ -54,7 +54,7 @@ impl Param {
     }
 }
 
-fn model_params<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Param> {
+pub(super) fn model_params<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Param> {
     module
         .collect(None, None, false)
         .into_iter()
@@ -101,13 +101,13 @@ struct Matched<'a> {
 }
 
 /// The shape-checked assignment of file keys to parameters.
-struct Plan<'a> {
+pub(super) struct Plan<'a> {
     matched: Vec<Matched<'a>>,
-    unexpected: Vec<String>,
-    missing: Vec<String>,
+    pub(super) unexpected: Vec<String>,
+    pub(super) missing: Vec<String>,
 }
 
-fn plan<'a>(
+pub(super) fn plan<'a>(
     params: &'a BTreeMap<String, Param>,
     entries: impl IntoIterator<Item = (String, Vec<usize>)>,
     map: impl Fn(&str) -> Option<String>,
@@ -173,7 +173,7 @@ fn transpose_2d(data: TensorData) -> TensorData {
 }
 
 /// Reads the planned tensors as f32 and writes them into the module.
-fn apply_plan<B: Backend, M: Module<B>>(
+pub(super) fn apply_plan<B: Backend, M: Module<B>>(
     mut module: M,
     file: &Path,
     plan: &Plan<'_>,
@@ -294,7 +294,7 @@ pub fn manifest_coverage<B: Backend, M: Module<B>>(
     Ok(plan.matched.len())
 }
 
-fn summarize(keys: &[String]) -> String {
+pub(super) fn summarize(keys: &[String]) -> String {
     let mut groups: BTreeMap<&str, usize> = BTreeMap::new();
     for k in keys {
         *groups.entry(k.split('.').next().unwrap_or("")).or_default() += 1;

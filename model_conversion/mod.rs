@@ -10,9 +10,17 @@ mod error;
 mod keymap;
 mod load;
 mod model_dir;
+mod uniter_itm;
 
 pub use checkpoint::{Checkpoint, CheckpointTensor, Layout, TorchFormat};
 pub use error::ConvertError;
-pub use keymap::{biencoder_key_to_burn, uniter_key_to_image_tower};
+pub use keymap::{biencoder_key_to_burn, uniter_itm_key_to_burn, uniter_key_to_image_tower};
 pub use load::{LoadOptions, LoadReport, load_biencoder, load_image_tower, manifest_coverage};
-pub use model_dir::{ModelDir, ModelSource, RecordPrecision, infer_project_dim, write_model_dir};
+pub use model_dir::{
+    ModelDir, ModelSource, RecordPrecision, VOCAB_FILES, infer_project_dim, write_model_dir,
+    write_model_dir_with_vocab,
+};
+pub use uniter_itm::{
+    UniterItmDir, UniterLoadReport, UniterSource, infer_uniter_config, load_uniter_itm,
+    uniter_prefix, write_uniter_dir,
+};

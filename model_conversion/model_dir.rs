@@ -6,6 +6,8 @@
 //! DIR/img_config.json   image tower config (UniterConfig JSON form)
 //! DIR/txt_config.json   text tower config (HF BertConfig JSON form)
 //! DIR/model.mpk         burn NamedMpk record (f32, or f16 with `--half`)
+//! DIR/vocab.txt         the text tower's WordPiece vocabulary (and/or tokenizer.json), copied
+//!                       when `--txt-config` was a directory holding one (queries need it)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -101,6 +103,9 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
 }
 
+/// Tokenizer files a text config directory may hold; `convert` copies them into the model dir.
+pub const VOCAB_FILES: [&str; 2] = ["vocab.txt", "tokenizer.json"];
+
 /// Writes `model` and its configs into `out` atomically: everything goes to a sibling temp
 /// directory first, which is renamed into place only when complete.
 pub fn write_model_dir<B: Backend>(
@@ -110,6 +115,20 @@ pub fn write_model_dir<B: Backend>(
     source: Option<(&Path, &str)>,
     out: &Path,
     overwrite: bool,
+) -> Result<(), ConvertError> {
+    write_model_dir_with_vocab(model, config, precision, source, out, overwrite, None)
+}
+
+/// [`write_model_dir`], also copying the [`VOCAB_FILES`] found in `vocab_dir` (a text config
+/// directory) into the model directory, so that later commands can tokenize queries.
+pub fn write_model_dir_with_vocab<B: Backend>(
+    model: BiEncoder<B>,
+    config: &BiEncoderConfig,
+    precision: RecordPrecision,
+    source: Option<(&Path, &str)>,
+    out: &Path,
+    overwrite: bool,
+    vocab_dir: Option<&Path>,
 ) -> Result<(), ConvertError> {
     let err = |reason: String| ConvertError::ModelDir {
         path: out.display().to_string(),
@@ -150,7 +169,14 @@ pub fn write_model_dir<B: Backend>(
                 model.save_file(file, &NamedMpkFileRecorder::<HalfPrecisionSettings>::new())
             }
         };
-        res.map_err(|e| format!("cannot write record: {e}"))
+        res.map_err(|e| format!("cannot write record: {e}"))?;
+        for name in VOCAB_FILES {
+            if let Some(src) = vocab_dir.map(|d| d.join(name)).filter(|p| p.is_file()) {
+                std::fs::copy(&src, tmp.join(name))
+                    .map_err(|e| format!("cannot copy {}: {e}", src.display()))?;
+            }
+        }
+        Ok(())
     })();
     if let Err(reason) = result {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::prelude::Backend;
+use burn::tensor::backend::AutodiffBackend;
 
 /// The CPU backend.
 pub type CpuBackend = burn::backend::Flex;
@@ -74,6 +75,47 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, De
         DeviceSpec::Cpu => Ok(task.run::<CpuBackend>(Default::default())),
         DeviceSpec::Cuda(index) => run_cuda(spec, index, task),
     }
+}
+
+/// Work that needs gradients (training): [`run_train_on`] runs it on `Autodiff<Flex>` or
+/// `Autodiff<Cuda>`.
+pub trait TrainTask {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `task` on the autodiff version of the backend named by `spec`.
+pub fn run_train_on<T: TrainTask>(spec: DeviceSpec, task: T) -> Result<T::Output, DeviceError> {
+    match spec {
+        DeviceSpec::Cpu => Ok(task.run::<burn::backend::Autodiff<CpuBackend>>(Default::default())),
+        DeviceSpec::Cuda(index) => run_train_cuda(spec, index, task),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_train_cuda<T: TrainTask>(
+    spec: DeviceSpec,
+    _index: usize,
+    _task: T,
+) -> Result<T::Output, DeviceError> {
+    Err(DeviceError::NoCudaFeature(spec))
+}
+
+#[cfg(feature = "cuda")]
+fn run_train_cuda<T: TrainTask>(
+    spec: DeviceSpec,
+    index: usize,
+    task: T,
+) -> Result<T::Output, DeviceError> {
+    let count = cuda_device_count().map_err(|reason| DeviceError::Unavailable { spec, reason })?;
+    if index >= count {
+        return Err(DeviceError::Unavailable {
+            spec,
+            reason: format!("{count} CUDA device(s) found"),
+        });
+    }
+    let device = burn::backend::cuda::CudaDevice::new(index);
+    Ok(task.run::<burn::backend::Autodiff<CudaBackend>>(device))
 }
 
 #[cfg(not(feature = "cuda"))]

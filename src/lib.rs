@@ -15,7 +15,7 @@
 //!
 //! Modules, with one-way dependencies: [`model`] (burn only) ← [`conversion`] (PyTorch files);
 //! [`data`] (UNITER LMDB data, knows nothing of the model); [`tensor_io`] (safetensors batches);
-//! [`device`] (backend selection).
+//! [`device`] (backend selection); [`retrieval`] (index, search, query pipeline) ← [`serve`] (HTTP).
 
 #[path = "../model_conversion/mod.rs"]
 pub mod conversion;
@@ -26,5 +26,9 @@ pub mod eval;
 pub mod inference;
 pub mod model;
 pub mod progress;
+pub mod rerank;
+pub mod retrieval;
 pub mod search;
+pub mod serve;
 pub mod tensor_io;
+pub mod train;

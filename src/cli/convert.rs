@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use clap::Args;
 use lightningdot::conversion::{
-    Checkpoint, ModelSource, RecordPrecision, load_biencoder, write_model_dir,
+    Checkpoint, ModelSource, RecordPrecision, VOCAB_FILES, load_biencoder,
+    write_model_dir_with_vocab,
 };
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 
@@ -18,6 +19,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub img_config: Option<String>,
     /// Text tower config (HF config.json, a directory holding one, or `bert-base-cased` — the default).
+    /// A directory's vocab.txt / tokenizer.json is copied into the output for query tokenization.
     #[arg(long)]
     pub txt_config: Option<String>,
     /// Projection size; inferred from the checkpoint when omitted.
@@ -47,6 +49,9 @@ impl BackendTask for ConvertTask<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let a = self.args;
+        if self.ckpt.layout == lightningdot::conversion::Layout::Uniter {
+            return convert_uniter::<B>(a, self.ckpt, device);
+        }
         let source = ModelSource {
             checkpoint: a.file.clone(),
             img_config: a.img_config.clone(),
@@ -69,14 +74,32 @@ impl BackendTask for ConvertTask<'_> {
         } else {
             RecordPrecision::F32
         };
-        write_model_dir(
+        let vocab_dir = a
+            .txt_config
+            .as_deref()
+            .map(Path::new)
+            .filter(|d| d.is_dir());
+        write_model_dir_with_vocab(
             model,
             &cfg,
             precision,
             Some((a.file.as_path(), self.ckpt.layout.describe())),
             &a.out,
             a.force,
+            vocab_dir,
         )?;
+        let copied: Vec<&str> = VOCAB_FILES
+            .into_iter()
+            .filter(|f| a.out.join(f).is_file())
+            .collect();
+        if copied.is_empty() {
+            tracing::info!(
+                "no vocab.txt / tokenizer.json copied (pass --txt-config DIR holding one, or \
+                 --vocab to index/search/serve)"
+            );
+        } else {
+            tracing::info!("copied {} into {}", copied.join(", "), a.out.display());
+        }
         println!(
             "converted {} ({} tensors applied, project_dim {}) -> {}",
             a.file.display(),
@@ -106,4 +129,55 @@ pub fn run(args: ConvertArgs, device: DeviceSpec) -> Result<()> {
 
 fn display(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// A UNITER cross-encoder file (`uniter.` or `bert.` prefix) → a re-ranker directory for
+/// `--rerank-checkpoint`; `--img-config` gives its UniterConfig (default: a config.json beside
+/// the file, else sizes read from the tensors).
+fn convert_uniter<B: Backend>(a: &ConvertArgs, ckpt: &Checkpoint, device: B::Device) -> Result<()> {
+    use lightningdot::conversion::{LoadOptions, UniterSource, load_uniter_itm, write_uniter_dir};
+    if a.txt_config.is_some() || a.project_dim.is_some() {
+        anyhow::bail!(
+            "a UNITER cross-encoder has no text tower or projection: drop --txt-config/--project-dim"
+        );
+    }
+    let source = UniterSource {
+        checkpoint: a.file.clone(),
+        config: a.img_config.clone(),
+        options: LoadOptions {
+            allow_partial: a.allow_partial,
+        },
+    };
+    let (cfg, from) = source.resolve_config(ckpt)?;
+    tracing::info!("UNITER config: {from}");
+    let (model, report) = load_uniter_itm::<B>(ckpt, &cfg, &device, source.options)?;
+    for k in &report.load.missing {
+        tracing::warn!("parameter not in checkpoint (left at init): {k}");
+    }
+    let precision = if a.half {
+        RecordPrecision::F16
+    } else {
+        RecordPrecision::F32
+    };
+    write_uniter_dir(
+        model,
+        &cfg,
+        precision,
+        Some((a.file.as_path(), report.prefix.as_str())),
+        &a.out,
+        a.force,
+    )?;
+    println!(
+        "converted UNITER cross-encoder {} ({} tensors applied, `{}` prefix{}) -> {}",
+        a.file.display(),
+        report.load.applied,
+        report.prefix,
+        if report.rank_from_itm {
+            ", rank_output from itm_output[1]"
+        } else {
+            ""
+        },
+        a.out.display()
+    );
+    Ok(())
 }

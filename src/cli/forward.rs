@@ -1,29 +1,58 @@
-//! `lightningdot forward --checkpoint … --inputs IN.safetensors --out OUT.safetensors`: the tool
-//! for comparing a conversion against a PyTorch dump.
+//! `lightningdot forward [--task …] --checkpoint … --inputs IN.safetensors --out OUT.safetensors`:
+//! the tool for comparing a conversion against a PyTorch dump.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use lightningdot::conversion::{LoadOptions, UniterSource};
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 use lightningdot::inference::{HostBatch, forward_stages};
-use lightningdot::tensor_io::{TensorFile, write_f32};
+use lightningdot::model::{RANK_MARGIN, rank_loss};
+use lightningdot::rerank::ItmHostBatch;
+use lightningdot::tensor_io::{HostTensor, TensorFile, write_f32};
 
 use super::ModelArgs;
 
+/// Which model the batch is for (grows with the pre-training heads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// Both bi-encoder towers on a `txt.*` / `img.*` batch (fixtures/batch/inputs.safetensors).
+    #[default]
+    Biencoder,
+    /// The UNITER cross-encoder on a single-stream batch (`input_ids`, `img_feat`,
+    /// `img_pos_feat`, `attn_masks`, `gather_index`; uniter_itm/batch/*.safetensors).
+    UniterItm,
+}
+
 #[derive(Args, Debug)]
 pub struct ForwardArgs {
+    /// What to run.
+    #[arg(long, value_enum, default_value_t = Task::Biencoder)]
+    pub task: Task,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Batch in the reference collate form (`txt.input_ids`, `txt.attention_mask`,
-    /// `img.img_feat`, `img.img_pos_feat`, `img.attention_mask`).
+    /// Batch in the reference collate form (biencoder: `txt.input_ids`, `txt.attention_mask`,
+    /// `img.img_feat`, `img.img_pos_feat`, `img.attention_mask`; uniter-itm: see --task).
     #[arg(long)]
     pub inputs: PathBuf,
-    /// Where to write `txt.pooled`, `img.pooled`, `scores.txt_x_img`, `*.sequence_output` and
-    /// every other stage.
+    /// Where to write the stages (biencoder: `txt.pooled`, `img.pooled`, `scores.txt_x_img`, …;
+    /// uniter-itm: `txt_embeddings`, `img_embeddings`, `embedding_output`, `sequence_output`,
+    /// `pooled`, `rank_scores`, `itm_scores`, and `rank_loss` with --sample-size).
     #[arg(long)]
     pub out: PathBuf,
+    /// uniter-itm: the UniterConfig JSON, `uniter-base` or `uniter-large` (default: the
+    /// config.json beside the checkpoint, else sizes read from its tensors).
+    #[arg(long)]
+    pub uniter_config: Option<String>,
+    /// uniter-itm: prefix every output name with `P.` (e.g. `eval` to match
+    /// uniter_itm/expected/outputs.safetensors).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// uniter-itm: rows per item (positive first) to also write UNITER's triplet `rank_loss`.
+    #[arg(long)]
+    pub sample_size: Option<usize>,
 }
 
 struct ForwardTask<'a> {
@@ -46,10 +75,84 @@ impl BackendTask for ForwardTask<'_> {
     }
 }
 
+struct UniterTask<'a> {
+    args: &'a ForwardArgs,
+    batch: ItmHostBatch,
+}
+
+impl BackendTask for UniterTask<'_> {
+    type Output = Result<usize>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<usize> {
+        let a = self.args;
+        let source = UniterSource {
+            checkpoint: a.model.checkpoint.clone(),
+            config: a.uniter_config.clone(),
+            options: LoadOptions {
+                allow_partial: a.model.allow_partial,
+            },
+        };
+        let (model, cfg, _) = source.load::<B>(&device)?;
+        self.batch
+            .validate(&cfg)
+            .with_context(|| format!("inputs {}", a.inputs.display()))?;
+        let rows = self.batch.len();
+        if let Some(s) = a.sample_size
+            && (s < 2 || !rows.is_multiple_of(s))
+        {
+            bail!("--sample-size {s} must be at least 2 and divide the batch of {rows} rows");
+        }
+        let stages = model.forward_stages(&self.batch.to_device::<B>(&device));
+        let name = |stage: &str| match &a.prefix {
+            Some(p) => format!("{p}.{stage}"),
+            None => stage.to_string(),
+        };
+        let mut out: Vec<(String, HostTensor<f32>)> = stages
+            .named()
+            .into_iter()
+            .map(|(stage, t)| {
+                let (shape, values) = t.to_host();
+                (name(stage), HostTensor { shape, values })
+            })
+            .collect();
+        if let Some(s) = a.sample_size {
+            let loss = rank_loss(stages.rank_scores, s, RANK_MARGIN);
+            let shape = loss.dims().to_vec();
+            let values = loss
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap_or_default();
+            out.push((name("rank_loss"), HostTensor { shape, values }));
+        }
+        write_f32(&a.out, &out, None)?;
+        Ok(out.len())
+    }
+}
+
 pub fn run(args: ForwardArgs, device: DeviceSpec) -> Result<()> {
     let file = TensorFile::open(&args.inputs)?;
-    let batch = HostBatch::from_file(&file)?;
-    let n = run_on(device, ForwardTask { args: &args, batch })??;
+    let n = match args.task {
+        Task::Biencoder => {
+            if args.uniter_config.is_some() || args.prefix.is_some() || args.sample_size.is_some() {
+                bail!("--uniter-config, --prefix and --sample-size apply to --task uniter-itm");
+            }
+            let batch = HostBatch::from_file(&file)?;
+            run_on(device, ForwardTask { args: &args, batch })??
+        }
+        Task::UniterItm => {
+            let m = &args.model;
+            if m.img_config.is_some() || m.txt_config.is_some() || m.project_dim.is_some() {
+                bail!(
+                    "--img-config, --txt-config and --project-dim size the bi-encoder; \
+                     give the cross-encoder's config with --uniter-config"
+                );
+            }
+            let batch = ItmHostBatch::from_file(&file)
+                .with_context(|| format!("inputs {}", args.inputs.display()))?;
+            run_on(device, UniterTask { args: &args, batch })??
+        }
+    };
     println!("wrote {n} tensors to {}", args.out.display());
     Ok(())
 }

@@ -4,7 +4,12 @@ mod convert;
 mod demo;
 mod eval;
 mod forward;
+mod index;
 mod inspect;
+mod rerank;
+mod search;
+mod serve;
+mod train;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -41,6 +46,14 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Run both towers on a batch (reference collate form) and write every stage.
     Forward(forward::ForwardArgs),
+    /// Encode every image (and caption) of the dbs once into an index directory.
+    Index(index::IndexArgs),
+    /// Query an index: text -> images, or --image ID -> captions.
+    Search(search::SearchArgs),
+    /// Serve an index over HTTP (POST /search, /healthz, /metrics) with a search page.
+    Serve(serve::ServeArgs),
+    /// Fine-tune on Flickr30k / COCO (like train_itm.py): dashboard, best/last checkpoints, resume.
+    Train(train::TrainArgs),
 }
 
 /// How to find and size the model; shared by every command that loads one.
@@ -101,6 +114,10 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a, cli.device),
         Command::Forward(a) => forward::run(a, cli.device),
+        Command::Index(a) => index::run(a, cli.device),
+        Command::Search(a) => search::run(a, cli.device),
+        Command::Serve(a) => serve::run(a, cli.device),
+        Command::Train(a) => train::run(a, cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ mod projection;
 mod stages;
 mod text;
 mod transformer;
+mod uniter;
 
 pub use biencoder::{BiEncoder, dot_scores};
 pub use config::{
@@ -20,3 +21,4 @@ pub use projection::{ProjectionHead, ProjectionStages};
 pub use stages::{NamedTensor, TowerStages};
 pub use text::TextEncoder;
 pub use transformer::{Attention, Encoder, Layer, MASK_BIAS, Pooler};
+pub use uniter::{ItmInput, ItmStages, RANK_MARGIN, UniterItm, rank_loss};

@@ -1,0 +1,209 @@
+//! `lightningdot index --checkpoint … --img-db DIR [--txt-db DIR] --out INDEX_DIR`: every image
+//! (and caption) through its tower once, written as an index directory (retrieval::format).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::prelude::Backend;
+use clap::Args;
+use lightningdot::data::{ImgDb, ImgDbOptions, Tokenizer, TxtDb};
+use lightningdot::device::{BackendTask, DeviceSpec, run_on};
+use lightningdot::retrieval::{
+    self, AnnInfo, BuildOptions, BuildReport, VectorDtype, build_index, model_info,
+};
+
+use super::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image db directory (UNITER feature LMDB); every image in it is indexed.
+    #[arg(long)]
+    pub img_db: PathBuf,
+    /// Text db directory: also index its captions (image -> text search) and keep each image's
+    /// ground-truth captions for display.
+    #[arg(long)]
+    pub txt_db: Option<PathBuf>,
+    /// Output index directory (written atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stored vector type: f32, or f16 (half the size; search computes in f32).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: VectorDtype,
+    /// Images / captions per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Also build an HNSW graph over the images, for `search --ann` / `serve --ann`.
+    #[arg(long)]
+    pub ann: bool,
+    /// HNSW graph degree (M).
+    #[arg(long, default_value_t = 16)]
+    pub ann_connectivity: usize,
+    /// HNSW candidate list size while building (efConstruction).
+    #[arg(long, default_value_t = 128)]
+    pub ann_expansion_add: usize,
+    /// Default HNSW candidate list size while searching (efSearch; `--ef` overrides it later).
+    #[arg(long, default_value_t = 128)]
+    pub ann_expansion_search: usize,
+    /// Query tokenizer (vocab.txt, tokenizer.json or a directory) to check against the txt_db's
+    /// stored token ids; default: the model directory's copy or the --txt-config directory.
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Image db box selection: detector confidence threshold (-1 = fixed --num-bb db).
+    #[arg(long, default_value_t = 0.2, allow_hyphen_values = true)]
+    pub conf_th: f32,
+    /// Image db box selection: most boxes per image.
+    #[arg(long, default_value_t = 100)]
+    pub max_bb: usize,
+    /// Image db box selection: fewest boxes per image.
+    #[arg(long, default_value_t = 10)]
+    pub min_bb: usize,
+    /// Image db box selection: boxes per image when --conf-th is -1.
+    #[arg(long, default_value_t = 36)]
+    pub num_bb: usize,
+    /// Read the compressed (npz) feature LMDB.
+    #[arg(long)]
+    pub compressed_db: bool,
+}
+
+fn parse_dtype(s: &str) -> Result<VectorDtype, String> {
+    s.parse()
+}
+
+struct IndexTask<'a> {
+    args: &'a IndexArgs,
+    img_db: ImgDb,
+    txt_db: Option<TxtDb>,
+}
+
+impl BackendTask for IndexTask<'_> {
+    type Output = Result<BuildReport>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<BuildReport> {
+        let a = self.args;
+        let (model, cfg, _) = a
+            .model
+            .source()
+            .load::<B>(&device)
+            .with_context(|| format!("loading {}", a.model.checkpoint.display()))?;
+        let options = BuildOptions {
+            batch_size: a.batch_size,
+            dtype: a.dtype,
+            ann: a.ann.then_some(AnnInfo {
+                connectivity: a.ann_connectivity.max(2),
+                expansion_add: a.ann_expansion_add.max(1),
+                expansion_search: a.ann_expansion_search.max(1),
+            }),
+            overwrite: a.force,
+        };
+        let report = build_index(
+            &model,
+            model_info(&a.model.checkpoint, &cfg),
+            &self.img_db,
+            self.txt_db.as_ref(),
+            &a.out,
+            &options,
+            &device,
+        )?;
+        Ok(report)
+    }
+}
+
+pub fn run(args: IndexArgs, device: DeviceSpec) -> Result<()> {
+    let options = ImgDbOptions {
+        conf_th: args.conf_th,
+        max_bb: args.max_bb,
+        min_bb: args.min_bb,
+        num_bb: args.num_bb,
+        compressed: args.compressed_db,
+    };
+    let img_db = ImgDb::open(&args.img_db, options)?;
+    let txt_db = args.txt_db.as_ref().map(TxtDb::open).transpose()?;
+    if args.out.exists() && !args.force {
+        anyhow::bail!(
+            "{} already exists (pass --force to replace it)",
+            args.out.display()
+        );
+    }
+    if let Some(db) = &txt_db {
+        check_vocab(&args, db)?;
+    }
+    let started = std::time::Instant::now();
+    let report = run_on(
+        device,
+        IndexTask {
+            args: &args,
+            img_db,
+            txt_db,
+        },
+    )??;
+    if report.captions_without_image > 0 {
+        tracing::warn!(
+            "{} captions name an image the img_db does not hold (indexed, but no image shares them)",
+            report.captions_without_image
+        );
+    }
+    let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    println!(
+        "indexed {} images ({:.1}/s){} as {}-d {} vectors{} in {:.1}s -> {}",
+        report.images,
+        rate(report.images, report.image_seconds),
+        if report.texts > 0 {
+            format!(
+                " + {} captions ({:.1}/s)",
+                report.texts,
+                rate(report.texts, report.text_seconds)
+            )
+        } else {
+            String::new()
+        },
+        report.dim,
+        match args.dtype {
+            VectorDtype::F32 => "f32",
+            VectorDtype::F16 => "f16",
+        },
+        if args.ann {
+            format!(" + HNSW graph ({:.1}s)", report.ann_seconds)
+        } else {
+            String::new()
+        },
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Warns when the query tokenizer would not reproduce the txt_db's token ids.
+fn check_vocab(args: &IndexArgs, db: &TxtDb) -> Result<()> {
+    let Ok(path) = retrieval::resolve_vocab(
+        args.vocab.as_deref(),
+        &args.model.checkpoint,
+        args.model.txt_config.as_deref(),
+    ) else {
+        tracing::info!(
+            "no tokenizer vocabulary found: not checking how queries will be tokenized (pass --vocab)"
+        );
+        return Ok(());
+    };
+    let tok = Tokenizer::from_path(&path)?;
+    let (checked, differ) = retrieval::check_tokenizer(&tok, db, 1000)?;
+    if differ.is_empty() {
+        tracing::info!(
+            "tokenizer {} reproduces the stored ids of {checked} captions",
+            tok.source().display()
+        );
+    } else {
+        tracing::warn!(
+            "tokenizer {} differs from the txt_db on {} of {checked} captions (first: {}): \
+             text queries will not be tokenized as the captions were",
+            tok.source().display(),
+            differ.len(),
+            differ[0]
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! `lightningdot search --index DIR --checkpoint … [-k 10] [--json] "a man riding a wave"`
+//! (text → images) or `--image ID` (image → captions).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::prelude::Backend;
+use clap::Args;
+use lightningdot::data::Tokenizer;
+use lightningdot::device::{BackendTask, DeviceSpec, run_on};
+use lightningdot::retrieval::{
+    self, CandidateMode, Pipeline, PipelineOptions, Query, QueryEncoder, SearchResponse,
+    StoredIndex, check_k,
+};
+
+use super::ModelArgs;
+
+/// Flags shared by `search` and `serve`: which index, tokenizer and candidate search.
+#[derive(Args, Debug, Clone)]
+pub struct IndexQueryArgs {
+    /// Index directory written by `lightningdot index`.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Query tokenizer: vocab.txt, tokenizer.json or a directory holding one (default: the
+    /// model directory's copy, else the --txt-config directory).
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+    /// Approximate search with the index's HNSW graph (built by `index --ann`).
+    #[arg(long)]
+    pub ann: bool,
+    /// HNSW search width (efSearch) with --ann; larger is slower and closer to exact.
+    #[arg(long, requires = "ann")]
+    pub ef: Option<usize>,
+    /// Exact search without holding the vectors on the device: each query streams them from
+    /// the memory-mapped file in chunks (bounded memory for very large collections; slower).
+    #[arg(long, conflicts_with = "ann")]
+    pub stream: bool,
+    #[command(flatten)]
+    pub rerank: super::rerank::RerankArgs,
+}
+
+impl IndexQueryArgs {
+    pub fn options(&self) -> PipelineOptions {
+        PipelineOptions {
+            mode: if self.ann {
+                CandidateMode::Ann
+            } else if self.stream {
+                CandidateMode::ExactStreamed
+            } else {
+                CandidateMode::Exact
+            },
+            ann_expansion: self.ef,
+            rerank_depth: self.rerank.rerank_k,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub index: IndexQueryArgs,
+    /// Text query (text -> images).
+    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    pub query: Option<String>,
+    /// Query with an indexed image id instead (image -> captions; needs an index built with --txt-db).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Number of results.
+    #[arg(short, long, default_value_t = 10, allow_negative_numbers = true)]
+    pub k: i64,
+    /// Print `{"results": [{"id": ..., "score": ...}, ...], "timings_ms": {...}}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads model, tokenizer and index into a pipeline (what `search` and `serve` run).
+pub fn load_pipeline<B: Backend>(
+    model: &ModelArgs,
+    index: &IndexQueryArgs,
+    device: B::Device,
+) -> Result<Pipeline<B>> {
+    let stored = StoredIndex::open(&index.index)?;
+    let vocab = retrieval::resolve_vocab(
+        index.vocab.as_deref(),
+        &model.checkpoint,
+        model.txt_config.as_deref(),
+    )?;
+    let tokenizer = Tokenizer::from_path(&vocab)?;
+    let (net, cfg, _) = model
+        .source()
+        .load::<B>(&device)
+        .with_context(|| format!("loading {}", model.checkpoint.display()))?;
+    if stored.meta().model.checkpoint != model.checkpoint.display().to_string() {
+        tracing::debug!(
+            "index was built from {}, querying with {}",
+            stored.meta().model.checkpoint,
+            model.checkpoint.display()
+        );
+    }
+    let encoder = QueryEncoder::new(net, &cfg, tokenizer, device.clone());
+    let pipeline = Pipeline::new(encoder, stored, index.options(), device.clone())?;
+    index.rerank.attach(pipeline, &device)
+}
+
+struct SearchTask<'a> {
+    args: &'a SearchArgs,
+    query: Query,
+    k: usize,
+}
+
+impl BackendTask for SearchTask<'_> {
+    type Output = Result<SearchResponse>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<SearchResponse> {
+        let pipeline = load_pipeline::<B>(&self.args.model, &self.args.index, device)?;
+        Ok(pipeline.search(&self.query, self.k)?)
+    }
+}
+
+pub fn run(args: SearchArgs, device: DeviceSpec) -> Result<()> {
+    let k = check_k(args.k)?;
+    let query = match (&args.query, &args.image) {
+        (_, Some(id)) => Query::Image(id.clone()),
+        (Some(q), None) => Query::Text(q.clone()),
+        (None, None) => anyhow::bail!("give a text query or --image ID"),
+    };
+    if !args.index.index.is_dir() {
+        // Before loading the model: a typo should not cost a model load.
+        StoredIndex::open(&args.index.index)?;
+    }
+    let resp = run_on(
+        device,
+        SearchTask {
+            args: &args,
+            query: query.clone(),
+            k,
+        },
+    )??;
+    if args.json {
+        println!("{}", serde_json::to_string(&resp)?);
+    } else {
+        print_table(&resp, &query);
+    }
+    Ok(())
+}
+
+fn print_table(resp: &SearchResponse, query: &Query) {
+    let id_width = resp
+        .results
+        .iter()
+        .map(|r| r.id.len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    println!("{:>4}  {:>10}  {:<id_width$}  text", "rank", "score", "id");
+    for (i, r) in resp.results.iter().enumerate() {
+        let text = match query {
+            Query::Text(_) => r
+                .captions
+                .as_ref()
+                .and_then(|c| c.first())
+                .and_then(|c| c.text.clone())
+                .unwrap_or_default(),
+            Query::Image(_) => r.text.clone().unwrap_or_default(),
+        };
+        println!(
+            "{:>4}  {:>10.4}  {:<id_width$}  {}",
+            i + 1,
+            r.score,
+            r.id,
+            text
+        );
+    }
+    let t = resp.timings_ms;
+    let rerank = match (t.rerank, &resp.reranker) {
+        (Some(ms), Some(name)) => format!(", re-rank ({name}) {ms:.2} ms"),
+        _ => String::new(),
+    };
+    println!(
+        "{} search: encode {:.2} ms, candidates {:.2} ms{rerank}, total {:.2} ms",
+        resp.search, t.encode, t.candidates, t.total
+    );
+}

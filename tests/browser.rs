@@ -1,0 +1,144 @@
+//! The search page in headless Chromium (Debian `chromium`, installed by .ci/run): the page's
+//! JavaScript fills the query box from `?q=`, submits the form as a person pressing Enter would,
+//! fetches POST /search and renders the results; the dumped DOM must hold the reference top-10
+//! in order. Skipped, loudly, only when no Chromium binary exists.
+
+mod common;
+mod fixture_index;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fixture_index::*;
+use lightningdot::retrieval::SearchService;
+use lightningdot::serve::{self, ServeOptions};
+
+fn chromium() -> Option<PathBuf> {
+    [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ]
+    .iter()
+    .find_map(|name| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    })
+}
+
+/// `chromium --headless --dump-dom URL`, killed after `limit`.
+fn dump_dom(browser: &PathBuf, url: &str, limit: Duration) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=15000",
+            "--run-all-compositor-stages-before-draw",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `data-id`s of the rendered result items, in page order.
+fn rendered_ids(dom: &str) -> Vec<String> {
+    dom.split("<li class=\"result\" data-id=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(|s| s.replace("&amp;", "&"))
+        .collect()
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn page_runs_a_query_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        eprintln!(
+            "\n*** SKIPPED page_runs_a_query_in_headless_chromium: no chromium on PATH \
+             (.ci/run installs Debian's chromium; apt-get install chromium) ***\n"
+        );
+        return;
+    };
+    let service: Arc<dyn SearchService> = Arc::new(pipeline());
+    let server = serve::spawn(
+        service,
+        ServeOptions::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let want = expected();
+    let (sentid, raw) = caption_queries().remove(7);
+    let url = format!("http://{}/?q={}", server.addr, url_encode(&raw));
+    let dom = dump_dom(&browser, &url, Duration::from_secs(90));
+    assert!(
+        dom.contains("data-state=\"done\""),
+        "page did not finish: {dom}"
+    );
+    assert_eq!(
+        rendered_ids(&dom),
+        ids(&want["text_query_top10_images"][&sentid]),
+        "rendered results for {raw:?}"
+    );
+    // The query box holds what was typed, and ground-truth captions are shown.
+    assert!(dom.contains("class=\"captions\""), "{dom}");
+    assert!(dom.contains("10 results"), "{dom}");
+
+    // Image -> captions from the page too.
+    let img = "flickr30k_000000001027.npz";
+    let url = format!("http://{}/?image={img}", server.addr);
+    let dom = dump_dom(&browser, &url, Duration::from_secs(90));
+    assert_eq!(
+        rendered_ids(&dom),
+        ids(&want["image_query_top10_texts"][img])
+    );
+
+    // A rejected request shows the server's message.
+    let url = format!("http://{}/?q=a%20dog&k=20000", server.addr);
+    let dom = dump_dom(&browser, &url, Duration::from_secs(90));
+    assert!(rendered_ids(&dom).is_empty());
+    assert!(dom.contains("data-state=\"error\""), "{dom}");
+    assert!(dom.contains("k must be between 1 and 10000"), "{dom}");
+    server.stop().unwrap();
+}
