@@ -2,8 +2,8 @@
 //! (benches/pytorch_rerank.py, Python from `LIGHTNINGDOT_PYTHON`, default `.venv/bin/python`).
 //!
 //! `cargo bench --bench rerank` prints a table: cross-encoder pairs/s (batches of 32 pairs of a
-//! 16-token caption and 36 regions), the latency of re-ranking one text query's top-10 and
-//! top-100, the first stage on a 5,000-image collection (query encoding + exact search), and
+//! 16-token caption and 36 regions), the latency of re-ranking one text query's top-K (K = 10,
+//! 20, 50, 100), the first stage on a 5,000-image collection (query encoding + exact search), and
 //! the speed-up of the two-stage pipeline over ranking all 5,000 images with the cross-encoder
 //! (extrapolated from the measured pairs/s: 5,000 pairs per query take minutes here).
 
@@ -103,9 +103,16 @@ fn main() {
     let rerank_10 = time(1, 2, || {
         cross.score_text(&query, &refs[..10]).unwrap();
     });
-    let rerank_100 = time(0, 1, || {
-        cross.score_text(&query, &refs[..100]).unwrap();
-    });
+    let rerank_k: Vec<(usize, f64)> = [20, 50, 100]
+        .into_iter()
+        .map(|k| {
+            let t = time(0, 1, || {
+                cross.score_text(&query, &refs[..k]).unwrap();
+            });
+            (k, t)
+        })
+        .collect();
+    let rerank_100 = rerank_k[2].1;
     drop(cross);
 
     // First stage: the text tower on the query + exact search over 5,000 image vectors.
@@ -253,5 +260,30 @@ fn main() {
         "(*) {IMAGES} pairs / measured pairs/s (not run: minutes per query on this CPU).\n\
          ratio = burn time / PyTorch time (below 1.0 = burn faster)."
     );
+    println!();
+    println!(
+        "re-rank depth K vs one text query's latency over {IMAGES} images (burn / PyTorch, s):"
+    );
+    println!(
+        "| {:>4} | {:>12} | {:>12} | {:>22} |",
+        "K", "burn", "PyTorch", "speed-up vs UNITER-only"
+    );
+    println!("|{:-<6}|{:-<14}|{:-<14}|{:-<24}|", "", "", "", "");
+    let all_k = std::iter::once((10, rerank_10)).chain(rerank_k.iter().copied());
+    for (k, t) in std::iter::once((0, 0.0)).chain(all_k) {
+        let theirs = if k == 0 {
+            pyf("first_stage_s")
+        } else {
+            py_two(pyf(&format!("rerank_{k}_s")))
+        };
+        println!(
+            "| {k:>4} | {:>12.3} | {:>12} | {:>22.0}x |",
+            two(t),
+            theirs
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            uniter_only / two(t)
+        );
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }

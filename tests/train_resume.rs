@@ -146,8 +146,8 @@ fn kill_9_at_any_moment_then_rerun_equals_uninterrupted() {
         c
     };
     // Kill at staggered moments: while loading, mid-epoch, around commits.
-    let mut kills = 0;
-    for delay_ms in [150u64, 700, 1300, 2100, 2900] {
+    let (mut kills, mut mid_run_kills) = (0, 0);
+    for delay_ms in [150u64, 600, 900, 400, 1100, 700, 1300, 500] {
         let mut child = cmd().spawn().unwrap();
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(delay_ms) {
@@ -159,11 +159,22 @@ fn kill_9_at_any_moment_then_rerun_equals_uninterrupted() {
         if child.try_wait().unwrap().is_none() {
             // SIGKILL, not a polite stop.
             child.kill().unwrap();
+            let _ = child.wait();
             kills += 1;
+            let committed = std::fs::read_to_string(killed.join("state/progress.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["epoch"].as_u64())
+                .unwrap_or(0);
+            println!("killed after {delay_ms} ms; epochs committed: {committed}");
+            if committed > 0 {
+                mid_run_kills += 1;
+            }
         }
         let _ = child.wait();
     }
     assert!(kills > 0, "the run finished before any kill");
+    assert!(mid_run_kills > 0, "no kill after a committed epoch");
     let status = cmd().status().unwrap();
     assert!(status.success());
     assert!(!killed.join(".staging").exists() && !killed.join(".commit").exists());

@@ -371,3 +371,38 @@ fn bad_batches_are_errors() {
     .to_string();
     assert!(err.contains("input_ids"), "{err}");
 }
+
+/// Parameters of a UNITER retrieval model with both heads, from its sizes.
+fn expected_params(c: &EncoderConfig) -> usize {
+    let (h, f, v, p) = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.vocab_size,
+        c.max_position_embeddings,
+    );
+    let layer = 4 * h * h + 2 * h * f + 9 * h + f;
+    let text = v * h + p * h + c.type_vocab_size * h + 2 * h;
+    let image = 2048 * h + h + 2 * h + 7 * h + h + 2 * h + 2 * 2048 + 2 * h;
+    text + image + c.num_hidden_layers * layer + (h * h + h) + (2 * h + 2) + (h + 1)
+}
+
+#[test]
+fn base_and_large_sizes() {
+    use burn::module::Module;
+    let base = EncoderConfig::uniter_base();
+    // checkpoint-manifests/uniter_itm_cross_encoder.json: num_parameters_unique.
+    assert_eq!(expected_params(&base), 109_901_059);
+    let model = UniterItm::<B>::new(&base, true, &Default::default());
+    assert_eq!(model.num_params(), 109_901_059);
+    drop(model);
+    let large = EncoderConfig::resolve(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/uniter-large.json"
+    ))
+    .unwrap();
+    assert_eq!(large, EncoderConfig::uniter_large());
+    let model = UniterItm::<B>::new(&large, true, &Default::default());
+    assert_eq!(model.num_params(), expected_params(&large));
+    // BERT-large sized (≈ 335M) plus the region embeddings.
+    assert!((330_000_000..340_000_000).contains(&model.num_params()));
+}

@@ -71,6 +71,15 @@ pub fn run(args: InspectArgs) -> Result<()> {
             println!(
                 "  - this file initialises the image tower (training) or the re-ranker; it is not a bi-encoder"
             );
+            if heads
+                .iter()
+                .any(|k| k.starts_with("rank_output.") || k.starts_with("itm_output."))
+            {
+                println!(
+                    "  - as a re-ranker (`convert`, --rerank-checkpoint): backbone + rank_output \
+                     (from itm_output row 1 when absent), UNITER cross-encoder"
+                );
+            }
         }
         _ => {
             let (model, ignored) = ckpt.biencoder_tensors();

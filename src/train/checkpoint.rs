@@ -5,7 +5,7 @@
 //! OUTPUT_DIR/run.json       resolved settings; a rerun resumes only with the same settings
 //! OUTPUT_DIR/last/          model directory after the last finished epoch (`--checkpoint` accepts it)
 //! OUTPUT_DIR/best/          model directory of the epoch with the best dev mean recall
-//! OUTPUT_DIR/state/         optimizer moments (optim.mpk) + progress.json: what resuming needs besides last/
+//! OUTPUT_DIR/state/         optimizer moments (optim.safetensors) + progress.json: what resuming needs besides last/
 //! OUTPUT_DIR/metrics.json   every epoch's dev recall; at the end the test recall of best/
 //! OUTPUT_DIR/epoch-N/       with save_all_epochs: the model after epoch N
 //! OUTPUT_DIR/train/, valid/ burn-train's metric logs (per epoch)
@@ -28,7 +28,7 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub const STATE_DIR: &str = "state";
 pub const LAST_DIR: &str = "last";
 pub const BEST_DIR: &str = "best";
-pub const OPTIM_RECORD: &str = "optim";
+pub const OPTIM_STATE: &str = "optim.safetensors";
 pub const PROGRESS_FILE: &str = "progress.json";
 const STAGING: &str = ".staging";
 const COMMIT: &str = ".commit";

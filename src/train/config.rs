@@ -300,19 +300,19 @@ pub struct TrainPlan {
     pub output_dir: PathBuf,
 }
 
-fn positive(name: &str, v: Option<i64>, default: usize) -> Result<usize, TrainError> {
+fn positive(name: &str, v: Option<i64>, default: usize) -> Result<usize, String> {
     match v {
         None => Ok(default),
         Some(n) if n > 0 => Ok(n as usize),
-        Some(n) => Err(TrainError::Config(format!("{name} must be > 0, got {n}"))),
+        Some(n) => Err(format!("{name} must be > 0, got {n}")),
     }
 }
 
-fn non_negative(name: &str, v: Option<i64>, default: usize) -> Result<usize, TrainError> {
+fn non_negative(name: &str, v: Option<i64>, default: usize) -> Result<usize, String> {
     match v {
         None => Ok(default),
         Some(n) if n >= 0 => Ok(n as usize),
-        Some(n) => Err(TrainError::Config(format!("{name} must be >= 0, got {n}"))),
+        Some(n) => Err(format!("{name} must be >= 0, got {n}")),
     }
 }
 
@@ -326,8 +326,10 @@ impl TrainPlan {
         })?;
         let ft: FtConfig = serde_json::from_str(&text)
             .map_err(|e| TrainError::Config(format!("{}: {e}", config.display())))?;
-        let ev = EvalConfig::from_file(config, ov.data_root.as_deref())
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let ev = EvalConfig::from_file(config, ov.data_root.as_deref()).map_err(|e| {
+            let msg = e.to_string();
+            TrainError::Config(msg.strip_prefix("eval config: ").unwrap_or(&msg).to_string())
+        })?;
         let cfg_err = |msg: String| TrainError::Config(format!("{}: {msg}", config.display()));
 
         // Unsupported branches of the reference fail loudly rather than being silently dropped.
@@ -357,7 +359,7 @@ impl TrainPlan {
         let train_batch_size = match ov.train_batch_size {
             Some(0) => return Err(cfg_err("--train-batch-size must be > 0".into())),
             Some(n) => n,
-            None => positive("train_batch_size", ft.train_batch_size, 80).map_err(|e| cfg_err(e.to_string()))?,
+            None => positive("train_batch_size", ft.train_batch_size, 80).map_err(cfg_err)?,
         };
         let valid_batch_size = match ov.valid_batch_size {
             Some(0) => return Err(cfg_err("--valid-batch-size must be > 0".into())),
@@ -366,7 +368,7 @@ impl TrainPlan {
                 Some(v) => positive("valid_batch_size", Some(v), 80),
                 None => positive("val_batch_size", ft.val_batch_size, 80),
             }
-            .map_err(|e| cfg_err(e.to_string()))?,
+            .map_err(cfg_err)?,
         };
         let gradient_accumulation_steps = match ov.gradient_accumulation_steps {
             Some(0) => {
@@ -378,7 +380,7 @@ impl TrainPlan {
                 ft.gradient_accumulation_steps,
                 1,
             )
-            .map_err(|e| cfg_err(e.to_string()))?,
+            .map_err(cfg_err)?,
         };
         let num_train_epochs = match ov.num_train_epochs {
             Some(0) => return Err(cfg_err("--num-train-epochs must be > 0".into())),
@@ -391,7 +393,7 @@ impl TrainPlan {
                             .into(),
                     ));
                 }
-                v => positive("num_train_epochs", v, 0).map_err(|e| cfg_err(e.to_string()))?,
+                v => positive("num_train_epochs", v, 0).map_err(cfg_err)?,
             },
         };
         let learning_rate = ov.learning_rate.or(ft.learning_rate).unwrap_or(1e-5);
@@ -419,7 +421,7 @@ impl TrainPlan {
             }
             (None, None) => match ft.warmup_steps {
                 Some(n) => Warmup::Steps(
-                    non_negative("warmup_steps", Some(n), 0).map_err(|e| cfg_err(e.to_string()))?,
+                    non_negative("warmup_steps", Some(n), 0).map_err(cfg_err)?,
                 ),
                 None => Warmup::Proportion(0.1),
             },
@@ -437,7 +439,7 @@ impl TrainPlan {
         let num_hard_negatives = match ov.num_hard_negatives {
             Some(n) => n,
             None => non_negative("num_hard_negatives", ft.num_hard_negatives, 0)
-                .map_err(|e| cfg_err(e.to_string()))?,
+                .map_err(cfg_err)?,
         };
         let sampling_str = ov
             .hard_negatives_sampling
@@ -488,8 +490,8 @@ impl TrainPlan {
             })
             .collect();
         for (i, p) in train.iter().enumerate() {
-            check_db("train_txt_dbs", i, &p.txt_db, &txts[i])?;
-            check_db("train_img_dbs", i, &p.img_db, &imgs[i])?;
+            check_db("train_txt_dbs", i, &p.txt_db, &txts[i]).map_err(cfg_err)?;
+            check_db("train_img_dbs", i, &p.img_db, &imgs[i]).map_err(cfg_err)?;
         }
         let pair = |s: &SplitPaths| DbPair {
             txt_db: s.txt_db.clone(),
@@ -499,13 +501,17 @@ impl TrainPlan {
             .splits("dev")
             .map_err(|_| cfg_err("val_txt_db / val_img_db are missing: the dev split picks the best epoch".into()))?;
         let dev = pair(&dev[0]);
-        check_db("val_txt_db", 0, &dev.txt_db, &dev.txt_db.display().to_string())?;
-        check_db("val_img_db", 0, &dev.img_db, &dev.img_db.display().to_string())?;
+        check_db("val_txt_db", 0, &dev.txt_db, &dev.txt_db.display().to_string())
+            .map_err(cfg_err)?;
+        check_db("val_img_db", 0, &dev.img_db, &dev.img_db.display().to_string())
+            .map_err(cfg_err)?;
         let test = match ev.splits("test") {
             Ok(s) => {
                 let p = pair(&s[0]);
-                check_db("test_txt_db", 0, &p.txt_db, &p.txt_db.display().to_string())?;
-                check_db("test_img_db", 0, &p.img_db, &p.img_db.display().to_string())?;
+                check_db("test_txt_db", 0, &p.txt_db, &p.txt_db.display().to_string())
+                    .map_err(cfg_err)?;
+                check_db("test_img_db", 0, &p.img_db, &p.img_db.display().to_string())
+                    .map_err(cfg_err)?;
                 Some(p)
             }
             Err(_) => None,
@@ -519,10 +525,7 @@ impl TrainPlan {
             if p.exists() {
                 Ok(p)
             } else {
-                Err(TrainError::Config(format!(
-                    "{field} not found: {}",
-                    p.display()
-                )))
+                Err(cfg_err(format!("{field} not found: {}", p.display())))
             }
         };
         let init = match ov
@@ -602,7 +605,7 @@ impl TrainPlan {
     }
 }
 
-fn check_db(field: &str, index: usize, path: &Path, given: &str) -> Result<(), TrainError> {
+fn check_db(field: &str, index: usize, path: &Path, given: &str) -> Result<(), String> {
     if path.is_dir() {
         return Ok(());
     }
@@ -611,10 +614,10 @@ fn check_db(field: &str, index: usize, path: &Path, given: &str) -> Result<(), T
     } else {
         field.to_string()
     };
-    Err(TrainError::Config(format!(
+    Err(format!(
         "{which} {given:?} not found (resolved to {})",
         path.display()
-    )))
+    ))
 }
 
 #[cfg(test)]

@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 use burn::data::dataloader::Progress;
 use burn::module::AutodiffModule;
 use burn::optim::lr_scheduler::LrScheduler;
-use burn::optim::{GradientsAccumulator, Optimizer};
+use burn::optim::GradientsAccumulator;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{
@@ -35,7 +34,7 @@ use burn::train::{
 };
 
 use super::checkpoint::{
-    BEST_DIR, EpochRecord, LAST_DIR, MetricsLog, OPTIM_RECORD, OutputDir, PROGRESS_FILE,
+    BEST_DIR, EpochRecord, LAST_DIR, MetricsLog, OPTIM_STATE, OutputDir, PROGRESS_FILE,
     RUN_FILE, RunProgress, STATE_DIR, read_json, write_json,
 };
 use super::config::{Init, Precision, TrainPlan, TrainSettings};
@@ -136,16 +135,36 @@ impl Notes {
         if let Ok(mut f) = self.file.lock()
             && let Some(f) = f.as_mut()
         {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let _ = writeln!(f, "[{t}] {msg}");
+            let _ = writeln!(f, "{} {msg}", utc_now());
         }
         if !self.quiet.load(Ordering::SeqCst) {
             tracing::info!("{msg}");
         }
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days; no time-zone database needed).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Everything the epoch loop needs besides what burn-train hands it.
@@ -349,9 +368,8 @@ impl<B: AutodiffBackend> EpochLoop<B> {
         }
         let state = staging.join(STATE_DIR);
         std::fs::create_dir_all(&state).map_err(|e| TrainError::output(&state, e))?;
-        let record = Optimizer::<BiEncoder<B>, B>::to_record(&ctx.optim);
-        NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-            .record(record, state.join(OPTIM_RECORD))
+        let (tensors, meta) = ctx.optim.state_tensors();
+        crate::tensor_io::write_f32(&state.join(OPTIM_STATE), &tensors, Some(meta))
             .map_err(|e| TrainError::output(&state, format!("cannot write optimizer state: {e}")))?;
         write_json(&state.join(PROGRESS_FILE), &progress)?;
         write_json(&staging.join(super::checkpoint::METRICS_FILE), &metrics)?;
@@ -568,7 +586,7 @@ pub fn run<B: AutodiffBackend>(
     let progress = out.progress()?;
     let metrics = out.metrics()?;
     let resumed_after = progress.as_ref().map(|p| p.epoch);
-    let mut optim = HfAdamW::<B>::new(s.max_grad_norm);
+    let optim = HfAdamW::<B>::new(s.max_grad_norm);
     let (model, model_config, vocab_dir) = match &progress {
         Some(p) => {
             let last = out.path(LAST_DIR);
@@ -580,10 +598,11 @@ pub fn run<B: AutodiffBackend>(
             let model = md
                 .load::<B>(&last, &device)
                 .map_err(|e| resume_err(e.to_string()))?;
-            let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
-                .load(out.path(STATE_DIR).join(OPTIM_RECORD), &device)
+            let file = crate::tensor_io::TensorFile::open(&out.path(STATE_DIR).join(OPTIM_STATE))
                 .map_err(|e| resume_err(format!("optimizer state: {e}")))?;
-            optim = Optimizer::<BiEncoder<B>, B>::load_record(optim, record);
+            optim
+                .load_state(&file, &device)
+                .map_err(|e| resume_err(format!("optimizer state: {e}")))?;
             notes.info(&format!(
                 "resuming after epoch {} of {} from {}",
                 p.epoch,

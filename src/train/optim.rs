@@ -30,6 +30,8 @@ use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, FloatDType};
 
+use crate::tensor_io::{HostTensor, TensorFile};
+
 /// Adam state of one parameter, flattened to `[numel]`.
 #[derive(Clone)]
 struct Moments<B: Backend> {
@@ -98,6 +100,79 @@ impl<B: AutodiffBackend> HfAdamW<B> {
     pub fn num_states(&self) -> usize {
         self.lock().moments.len()
     }
+
+    /// Host copy of the state for a checkpoint: `{id}.exp_avg`, `{id}.exp_avg_sq` and (half
+    /// precision models) `{id}.master`, each `[numel]` f32, plus metadata `steps` (JSON
+    /// `{id: t}`). Stored outside burn's records so that loading never passes the moments
+    /// through the device's default float type (bf16 would round them).
+    pub fn state_tensors(&self) -> (Vec<(String, HostTensor<f32>)>, HashMap<String, String>) {
+        let state = self.lock();
+        let mut ids: Vec<&ParamId> = state.moments.keys().collect();
+        ids.sort_by_key(|id| id.val());
+        let host = |t: &Tensor<B::InnerBackend, 1>| HostTensor {
+            shape: t.dims().to_vec(),
+            values: t
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap_or_default(),
+        };
+        let mut tensors = Vec::with_capacity(3 * ids.len());
+        let mut steps = serde_json::Map::new();
+        for id in ids {
+            let m = &state.moments[id];
+            let key = id.val();
+            tensors.push((format!("{key}.exp_avg"), host(&m.exp_avg)));
+            tensors.push((format!("{key}.exp_avg_sq"), host(&m.exp_avg_sq)));
+            if let Some(master) = &m.master {
+                tensors.push((format!("{key}.master"), host(master)));
+            }
+            steps.insert(key.to_string(), serde_json::json!(m.step));
+        }
+        let meta = HashMap::from([(
+            "steps".to_string(),
+            serde_json::Value::Object(steps).to_string(),
+        )]);
+        (tensors, meta)
+    }
+
+    /// Restores what [`state_tensors`](Self::state_tensors) saved.
+    pub fn load_state(&self, file: &TensorFile, device: &B::Device) -> Result<(), String> {
+        let steps: HashMap<String, usize> = file
+            .metadata()
+            .get("steps")
+            .ok_or("no `steps` metadata")
+            .and_then(|t| serde_json::from_str(t).map_err(|_| "bad `steps` metadata"))?;
+        let f32_tensor = |name: String| -> Result<Tensor<B::InnerBackend, 1>, String> {
+            let t = file.f32(&name).map_err(|e| e.to_string())?;
+            let n = t.values.len();
+            Ok(Tensor::from_data(
+                TensorData::new(t.values, [n]),
+                (device, DType::F32),
+            ))
+        };
+        let mut moments = HashMap::with_capacity(steps.len());
+        for (key, step) in steps {
+            let id: u64 = key.parse().map_err(|_| format!("bad parameter id {key:?}"))?;
+            let master_name = format!("{key}.master");
+            moments.insert(
+                ParamId::from(id),
+                Moments {
+                    exp_avg: f32_tensor(format!("{key}.exp_avg"))?,
+                    exp_avg_sq: f32_tensor(format!("{key}.exp_avg_sq"))?,
+                    step,
+                    master: if file.contains(&master_name) {
+                        Some(f32_tensor(master_name)?)
+                    } else {
+                        None
+                    },
+                },
+            );
+        }
+        self.lock().moments = moments;
+        Ok(())
+    }
 }
 
 /// `sqrt(Σ ‖g‖²)` over the module's parameters that have a gradient in `grads` (what
@@ -154,10 +229,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for AdamMapper<'_, B> {
         if self.clip < 1.0 {
             g = g.mul_scalar(self.clip);
         }
-        let device = g.device();
         let state = self.state.moments.remove(&id).unwrap_or_else(|| Moments {
-            exp_avg: Tensor::zeros([n], &device),
-            exp_avg_sq: Tensor::zeros([n], &device),
+            // f32 like `g`, whatever the device's default float type.
+            exp_avg: g.zeros_like(),
+            exp_avg_sq: g.zeros_like(),
             step: 0,
             master: (dtype != DType::F32)
                 .then(|| value.clone().reshape([n]).cast(FloatDType::F32)),
@@ -285,11 +360,12 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Optimizer<M, B> for HfAdamW<B> {
             .map(|r| {
                 (
                     ParamId::from(r.id),
+                    // Records load in the device's default float type; the state is f32.
                     Moments {
-                        exp_avg: r.exp_avg.inner(),
-                        exp_avg_sq: r.exp_avg_sq.inner(),
+                        exp_avg: r.exp_avg.inner().cast(FloatDType::F32),
+                        exp_avg_sq: r.exp_avg_sq.inner().cast(FloatDType::F32),
                         step: r.step,
-                        master: r.master.map(|t| t.inner()),
+                        master: r.master.map(|t| t.inner().cast(FloatDType::F32)),
                     },
                 )
             })
