@@ -46,7 +46,11 @@ fn peak_rss_mb() -> f64 {
 fn batch(pairs: usize) -> HostTrainBatch {
     let mut rng = SplitMix64::new(0, 0, 0);
     let texts: Vec<Vec<u32>> = (0..pairs)
-        .map(|_| (0..TXT_LEN).map(|_| 1000 + rng.below(27000) as u32).collect())
+        .map(|_| {
+            (0..TXT_LEN)
+                .map(|_| 1000 + rng.below(27000) as u32)
+                .collect()
+        })
         .collect();
     let mut unit = |n: usize| -> Vec<f32> {
         (0..n)
@@ -101,12 +105,23 @@ fn main() {
 
     let python = std::env::var("LIGHTNINGDOT_PYTHON")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python").to_string());
-    let out = std::env::temp_dir().join(format!("lightningdot-trainbench-{}.json", std::process::id()));
+    let out = std::env::temp_dir().join(format!(
+        "lightningdot-trainbench-{}.json",
+        std::process::id()
+    ));
     let ok = Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pytorch_train_step.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/pytorch_train_step.py"
+        ))
         .args(["--out", &out.display().to_string()])
         .args(["--pairs", &pairs.to_string(), "--steps", &steps.to_string()])
-        .args(["--txt-len", &TXT_LEN.to_string(), "--boxes", &BOXES.to_string()])
+        .args([
+            "--txt-len",
+            &TXT_LEN.to_string(),
+            "--boxes",
+            &BOXES.to_string(),
+        ])
         .status()
         .is_ok_and(|s| s.success());
     let py: Option<serde_json::Value> = ok
@@ -118,18 +133,43 @@ fn main() {
     println!();
     println!(
         "fine-tuning step, BERT-base towers, CPU ({} threads), {pairs} pairs x ({TXT_LEN} tokens, {BOXES} regions), {steps} timed step(s) after 1 warm-up",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
-    println!("| {:<24} | {:>12} | {:>12} | {:>7} |", "", "lightningdot", "PyTorch", "ratio");
+    println!(
+        "| {:<24} | {:>12} | {:>12} | {:>7} |",
+        "", "lightningdot", "PyTorch", "ratio"
+    );
     println!("|{:-<26}|{:-<14}|{:-<14}|{:-<9}|", "", "", "", "");
     let f = |k: &str| py.as_ref().and_then(|v| v[k].as_f64());
     match (f("s_per_step"), f("first_step_s"), f("peak_rss_mb")) {
         (Some(ps), Some(pf), Some(pr)) => {
-            println!("| {:<24} | {:>11.1}s | {:>11.1}s | {:>6.2}x |", "time per step", ours, ps, ours / ps);
-            println!("| {:<24} | {:>12.2} | {:>12.2} | {:>6.2}x |", "pairs/s", pairs as f64 / ours, pairs as f64 / ps, ps / ours);
-            println!("| {:<24} | {:>11.1}s | {:>11.1}s | {:>7} |", "first step (warm-up)", first, pf, "");
-            println!("| {:<24} | {:>9.0} MB | {:>9.0} MB | {:>7} |", "peak RSS", rss, pr, "");
-            println!("ratio: time = lightningdot / PyTorch (below 1.0 = faster); pairs/s = lightningdot / PyTorch");
+            println!(
+                "| {:<24} | {:>11.1}s | {:>11.1}s | {:>6.2}x |",
+                "time per step",
+                ours,
+                ps,
+                ours / ps
+            );
+            println!(
+                "| {:<24} | {:>12.2} | {:>12.2} | {:>6.2}x |",
+                "pairs/s",
+                pairs as f64 / ours,
+                pairs as f64 / ps,
+                ps / ours
+            );
+            println!(
+                "| {:<24} | {:>11.1}s | {:>11.1}s | {:>7} |",
+                "first step (warm-up)", first, pf, ""
+            );
+            println!(
+                "| {:<24} | {:>9.0} MB | {:>9.0} MB | {:>7} |",
+                "peak RSS", rss, pr, ""
+            );
+            println!(
+                "ratio: time = lightningdot / PyTorch (below 1.0 = faster); pairs/s = lightningdot / PyTorch"
+            );
         }
         _ => println!(
             "PyTorch baseline unavailable; lightningdot: {ours:.1}s per step ({:.2} pairs/s), peak RSS {rss:.0} MB",

@@ -23,7 +23,12 @@ fn values(model: &BiEncoder<CpuBackend>) -> BTreeMap<String, Vec<f32>> {
     model
         .collect(None, None, false)
         .into_iter()
-        .map(|s| (s.full_path(), s.to_data().unwrap().into_vec::<f32>().unwrap()))
+        .map(|s| {
+            (
+                s.full_path(),
+                s.to_data().unwrap().into_vec::<f32>().unwrap(),
+            )
+        })
         .collect()
 }
 

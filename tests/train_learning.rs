@@ -18,14 +18,18 @@ type TB = Autodiff<CpuBackend>;
 #[test]
 fn learns_from_chance_to_recall_above_0_9() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = write_synthetic(tmp.path(), &SyntheticSpec::default(), &json!({})).unwrap();
+    let cfg = write_synthetic(
+        tmp.path(),
+        &SyntheticSpec::default(),
+        &json!({"num_train_epochs": 40}),
+    )
+    .unwrap();
     let plan = TrainPlan::resolve(&cfg, &TrainOverrides::default()).unwrap();
     let s = &plan.settings;
 
     // Chance level before training: the initial (random) model on the dev split.
     let device = Default::default();
-    let (model, _, _) =
-        lightningdot::train::init::initial_model::<CpuBackend>(s, &device).unwrap();
+    let (model, _, _) = lightningdot::train::init::initial_model::<CpuBackend>(s, &device).unwrap();
     let dev = EvalSplit::open(
         "dev",
         &s.dev.txt_db,
@@ -36,7 +40,10 @@ fn learns_from_chance_to_recall_above_0_9() {
     )
     .unwrap();
     let before = dev.recall(&model, &device).unwrap();
-    println!("before training: text->image R@1 {:.3}", before.image_retrieval.r1);
+    println!(
+        "before training: text->image R@1 {:.3}",
+        before.image_retrieval.r1
+    );
     assert!(before.image_retrieval.r1 < 0.2, "{before:?}");
 
     let started = Instant::now();
@@ -65,7 +72,10 @@ fn learns_from_chance_to_recall_above_0_9() {
     let out = tmp.path().join("out");
     let metrics: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(metrics["epochs"].as_array().unwrap().len(), s.num_train_epochs);
+    assert_eq!(
+        metrics["epochs"].as_array().unwrap().len(),
+        s.num_train_epochs
+    );
     let json_out = tmp.path().join("eval.json");
     let status = Command::new(env!("CARGO_BIN_EXE_lightningdot"))
         .args(["eval", "--split", "test", "--config"])
@@ -76,7 +86,14 @@ fn learns_from_chance_to_recall_above_0_9() {
         .arg(&json_out)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let eval: Value = serde_json::from_str(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
-    assert_eq!(eval["test"], metrics["test"], "eval of best/ equals metrics.json's test recall");
+    assert_eq!(
+        eval["test"], metrics["test"],
+        "eval of best/ equals metrics.json's test recall"
+    );
 }

@@ -70,7 +70,12 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let mut v: Vec<(String, Vec<f32>)> = model
         .collect(None, None, false)
         .into_iter()
-        .map(|s| (s.full_path(), s.to_data().unwrap().into_vec::<f32>().unwrap()))
+        .map(|s| {
+            (
+                s.full_path(),
+                s.to_data().unwrap().into_vec::<f32>().unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -123,8 +128,13 @@ fn stop_after_epoch_1_and_resume_equals_uninterrupted() {
     // Other settings in the same directory are refused, naming the difference.
     let mut other = plan(&cfg, &split);
     other.settings.learning_rate *= 2.0;
-    let err = run::<TB>(&other, &opts(None), Default::default()).unwrap_err().to_string();
-    assert!(err.contains("learning_rate") && err.contains("--output-dir"), "{err}");
+    let err = run::<TB>(&other, &opts(None), Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("learning_rate") && err.contains("--output-dir"),
+        "{err}"
+    );
 }
 
 #[test]

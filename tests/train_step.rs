@@ -47,8 +47,11 @@ fn setup() -> (BiEncoder<TB>, TrainBatch<TB>) {
     )
     .unwrap();
     let ints = |t: &lightningdot::tensor_io::HostTensor<i64>| {
-        Tensor::<TB, 1, Int>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), &device)
-            .reshape([t.shape[0], t.shape[1]])
+        Tensor::<TB, 1, Int>::from_data(
+            TensorData::new(t.values.clone(), [t.values.len()]),
+            &device,
+        )
+        .reshape([t.shape[0], t.shape[1]])
     };
     let batch = TrainBatch {
         input_ids: ints(&hb.txt_input_ids),
@@ -136,7 +139,10 @@ fn one_step_matches_reference() {
         ("loss_nce_img", stats.loss_t2i, find("loss_nce_img")),
     ];
     for (name, got, exp) in loss_err {
-        println!("{name}: {got:.8} (reference {exp:.8}, diff {:.2e})", (got - exp).abs());
+        println!(
+            "{name}: {got:.8} (reference {exp:.8}, diff {:.2e})",
+            (got - exp).abs()
+        );
         assert!((got - exp).abs() < 1e-5, "{name}: {got} vs {exp}");
     }
     assert_eq!(
@@ -169,11 +175,15 @@ fn one_step_matches_reference() {
     let mut optim = HfAdamW::<TB>::new(want["max_grad_norm"].as_f64().unwrap());
     let model = optim.step(lr, model, grads);
     assert_eq!(optim.last_grad_norm(), Some(total));
-    assert_eq!(optim.num_states(), before.len() - 5, "every parameter with a gradient has state");
+    assert_eq!(
+        optim.num_states(),
+        before.len() - 5,
+        "every parameter with a gradient has state"
+    );
 
     let after = params(&model);
-    let reference = TensorFile::open(&fixtures().join("expected/train_step_params_after.safetensors"))
-        .unwrap();
+    let reference =
+        TensorFile::open(&fixtures().join("expected/train_step_params_after.safetensors")).unwrap();
     let (mut worst, mut worst_name, mut worst_key_bias) = (0f32, String::new(), 0f32);
     let mut compared = 0;
     for name in reference.names() {

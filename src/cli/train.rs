@@ -10,8 +10,7 @@ use clap::Args;
 use lightningdot::device::{DeviceSpec, TrainTask, run_train_on};
 use lightningdot::eval::format_table;
 use lightningdot::train::{
-    Dashboard, Precision, RunOptions, Sampling, TrainError, TrainOverrides, TrainPlan,
-    TrainSummary,
+    Dashboard, Precision, RunOptions, Sampling, TrainError, TrainOverrides, TrainPlan, TrainSummary,
 };
 
 #[derive(Args, Debug)]
@@ -102,7 +101,9 @@ fn parse_dashboard(s: &str) -> Result<Dashboard, String> {
         "auto" => Ok(Dashboard::Auto),
         "tui" => Ok(Dashboard::Tui),
         "plain" => Ok(Dashboard::Plain),
-        other => Err(format!("unknown dashboard {other:?}: expected auto, tui or plain")),
+        other => Err(format!(
+            "unknown dashboard {other:?}: expected auto, tui or plain"
+        )),
     }
 }
 
@@ -172,10 +173,17 @@ fn print_summary(s: &TrainSummary) {
             e.epoch,
             e.train_loss,
             100.0 * e.dev_mean,
-            if Some(e.epoch) == s.best_epoch { "  <- best" } else { "" }
+            if Some(e.epoch) == s.best_epoch {
+                "  <- best"
+            } else {
+                ""
+            }
         );
     }
-    if let Some(b) = s.best_epoch.and_then(|b| s.epochs.iter().find(|e| e.epoch == b)) {
+    if let Some(b) = s
+        .best_epoch
+        .and_then(|b| s.epochs.iter().find(|e| e.epoch == b))
+    {
         println!("{}", format_table("dev (best epoch)", &b.dev));
     }
     if let Some(t) = &s.test {

@@ -131,8 +131,7 @@ impl OutputDir {
         }
         // A crash between the two renames of a replacement leaves `.old-NAME` (the commit that
         // replaced NAME is then still pending and was applied above).
-        let entries =
-            std::fs::read_dir(&self.root).map_err(|e| io_err(&self.root, e))?;
+        let entries = std::fs::read_dir(&self.root).map_err(|e| io_err(&self.root, e))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if let Some(orig) = name.strip_prefix(OLD_PREFIX) {

@@ -321,14 +321,17 @@ impl TrainPlan {
     /// that every db, checkpoint and model config exists, so a bad config fails before any
     /// weight is loaded; each error is one line naming the field.
     pub fn resolve(config: &Path, ov: &TrainOverrides) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(config).map_err(|e| {
-            TrainError::Config(format!("cannot read {}: {e}", config.display()))
-        })?;
+        let text = std::fs::read_to_string(config)
+            .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", config.display())))?;
         let ft: FtConfig = serde_json::from_str(&text)
             .map_err(|e| TrainError::Config(format!("{}: {e}", config.display())))?;
         let ev = EvalConfig::from_file(config, ov.data_root.as_deref()).map_err(|e| {
             let msg = e.to_string();
-            TrainError::Config(msg.strip_prefix("eval config: ").unwrap_or(&msg).to_string())
+            TrainError::Config(
+                msg.strip_prefix("eval config: ")
+                    .unwrap_or(&msg)
+                    .to_string(),
+            )
         })?;
         let cfg_err = |msg: String| TrainError::Config(format!("{}: {msg}", config.display()));
 
@@ -404,7 +407,9 @@ impl TrainPlan {
         }
         let max_grad_norm = ft.max_grad_norm.unwrap_or(2.0);
         if !max_grad_norm.is_finite() {
-            return Err(cfg_err(format!("max_grad_norm must be finite, got {max_grad_norm}")));
+            return Err(cfg_err(format!(
+                "max_grad_norm must be finite, got {max_grad_norm}"
+            )));
         }
         let warmup = match (ov.warmup_steps, ov.warmup_proportion) {
             (Some(_), Some(_)) => {
@@ -420,9 +425,9 @@ impl TrainPlan {
                 )));
             }
             (None, None) => match ft.warmup_steps {
-                Some(n) => Warmup::Steps(
-                    non_negative("warmup_steps", Some(n), 0).map_err(cfg_err)?,
-                ),
+                Some(n) => {
+                    Warmup::Steps(non_negative("warmup_steps", Some(n), 0).map_err(cfg_err)?)
+                }
                 None => Warmup::Proportion(0.1),
             },
         };
@@ -438,8 +443,9 @@ impl TrainPlan {
         }
         let num_hard_negatives = match ov.num_hard_negatives {
             Some(n) => n,
-            None => non_negative("num_hard_negatives", ft.num_hard_negatives, 0)
-                .map_err(cfg_err)?,
+            None => {
+                non_negative("num_hard_negatives", ft.num_hard_negatives, 0).map_err(cfg_err)?
+            }
         };
         let sampling_str = ov
             .hard_negatives_sampling
@@ -448,9 +454,7 @@ impl TrainPlan {
             .unwrap_or_else(|| "none".into());
         let mut sampling: Sampling = sampling_str.parse().map_err(cfg_err)?;
         if num_hard_negatives == 0 && sampling != Sampling::None {
-            tracing::warn!(
-                "hard_negatives_sampling {sampling} ignored: num_hard_negatives is 0"
-            );
+            tracing::warn!("hard_negatives_sampling {sampling} ignored: num_hard_negatives is 0");
             sampling = Sampling::None;
         }
         if num_hard_negatives > 0 && sampling == Sampling::None {
@@ -469,8 +473,14 @@ impl TrainPlan {
         }
 
         // Databases.
-        let txts = ft.train_txt_dbs.map(OneOrMany::into_vec).unwrap_or_default();
-        let imgs = ft.train_img_dbs.map(OneOrMany::into_vec).unwrap_or_default();
+        let txts = ft
+            .train_txt_dbs
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
+        let imgs = ft
+            .train_img_dbs
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
         if txts.is_empty() {
             return Err(cfg_err("train_txt_dbs is missing or empty".into()));
         }
@@ -497,14 +507,26 @@ impl TrainPlan {
             txt_db: s.txt_db.clone(),
             img_db: s.img_db.clone(),
         };
-        let dev = ev
-            .splits("dev")
-            .map_err(|_| cfg_err("val_txt_db / val_img_db are missing: the dev split picks the best epoch".into()))?;
+        let dev = ev.splits("dev").map_err(|_| {
+            cfg_err(
+                "val_txt_db / val_img_db are missing: the dev split picks the best epoch".into(),
+            )
+        })?;
         let dev = pair(&dev[0]);
-        check_db("val_txt_db", 0, &dev.txt_db, &dev.txt_db.display().to_string())
-            .map_err(cfg_err)?;
-        check_db("val_img_db", 0, &dev.img_db, &dev.img_db.display().to_string())
-            .map_err(cfg_err)?;
+        check_db(
+            "val_txt_db",
+            0,
+            &dev.txt_db,
+            &dev.txt_db.display().to_string(),
+        )
+        .map_err(cfg_err)?;
+        check_db(
+            "val_img_db",
+            0,
+            &dev.img_db,
+            &dev.img_db.display().to_string(),
+        )
+        .map_err(cfg_err)?;
         let test = match ev.splits("test") {
             Ok(s) => {
                 let p = pair(&s[0]);

@@ -80,7 +80,7 @@ impl TrainSet {
         let mut dropped_long = 0;
         for (db, pair) in pairs.iter().enumerate() {
             let txt = TxtDb::open(&pair.txt_db)?;
-            let img = ImgDb::open(&pair.img_db, options.clone())?;
+            let img = ImgDb::open(&pair.img_db, options)?;
             let (cls, sep) = (txt.meta().cls, txt.meta().sep);
             let start = items.len();
             let mut checked: HashSet<String> = HashSet::new();
@@ -238,8 +238,12 @@ impl SplitMix64 {
     /// A generator for `(seed, stream, epoch)`.
     pub fn new(seed: u64, stream: u64, epoch: u64) -> Self {
         let mut s = Self(seed ^ 0x9E37_79B9_7F4A_7C15);
-        s.0 ^= s.next_u64().wrapping_add(stream.wrapping_mul(0xBF58_476D_1CE4_E5B9));
-        s.0 ^= s.next_u64().wrapping_add(epoch.wrapping_mul(0x94D0_49BB_1331_11EB));
+        s.0 ^= s
+            .next_u64()
+            .wrapping_add(stream.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        s.0 ^= s
+            .next_u64()
+            .wrapping_add(epoch.wrapping_mul(0x94D0_49BB_1331_11EB));
         s
     }
 
@@ -351,7 +355,11 @@ impl<B: Backend> DataLoaderIterator<TrainBatch<B>> for TrainIter<B> {
 }
 
 /// Device tensors of a host batch.
-pub fn to_device<B: Backend>(hb: &HostTrainBatch, loss_scale: f32, device: &B::Device) -> TrainBatch<B> {
+pub fn to_device<B: Backend>(
+    hb: &HostTrainBatch,
+    loss_scale: f32,
+    device: &B::Device,
+) -> TrainBatch<B> {
     let (input_ids, attention_mask) = text_tensors::<B>(&hb.text, device);
     TrainBatch {
         input_ids,

@@ -71,7 +71,11 @@ pub fn pick<T: Copy>(
             Ok(out)
         }
         Sampling::Rank10To20 | Sampling::Rank20To30 => {
-            let start = if sampling == Sampling::Rank10To20 { 10 } else { 20 };
+            let start = if sampling == Sampling::Rank10To20 {
+                10
+            } else {
+                20
+            };
             let end = (start + 10).min(candidates.len());
             if end <= start {
                 return Err(format!(
@@ -116,7 +120,10 @@ pub fn mine<B: Backend>(
     for db in 0..set.num_dbs() {
         let range = set.range(db);
         let (images, captions) = set.images_of(db);
-        let texts: Vec<&[u32]> = range.clone().map(|i| items[i].input_ids.as_slice()).collect();
+        let texts: Vec<&[u32]> = range
+            .clone()
+            .map(|i| items[i].input_ids.as_slice())
+            .collect();
         let (txt_vecs, dim) = encode_texts_by_length(model, &texts, batch_size, device);
         let img_vecs = encode_images_by_size(model, set.img_db(db), &images, batch_size, device)?;
         let img_pos: HashMap<&str, usize> = images

@@ -104,7 +104,11 @@ fn load_biencoder_source<B: Backend>(
         let mut md = ModelDir::open(path)?;
         md.config = with_dropout(md.config, s.dropout);
         let model = md.load::<B>(path, device)?;
-        return Ok((model, md.config, format!("model directory {}", path.display())));
+        return Ok((
+            model,
+            md.config,
+            format!("model directory {}", path.display()),
+        ));
     }
     let source = ModelSource {
         checkpoint: path.to_path_buf(),
@@ -242,7 +246,12 @@ fn flat_bert(path: &Path) -> Result<Checkpoint, TrainError> {
     if !tensors.contains_key("bert.embeddings.word_embeddings.weight") {
         return Err(ConvertError::UnknownLayout {
             path: shown,
-            sample: tensors.keys().take(3).cloned().collect::<Vec<_>>().join(", "),
+            sample: tensors
+                .keys()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
         }
         .into());
     }

@@ -21,21 +21,21 @@ use std::time::{Duration, Instant};
 
 use burn::data::dataloader::Progress;
 use burn::module::AutodiffModule;
-use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::GradientsAccumulator;
+use burn::optim::lr_scheduler::LrScheduler;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{
-    EventProcessorTraining, InferenceStep, Interrupter, Learner, LearnerEvent, LearningComponentsMarker,
-    LearningResult, SupervisedLearningStrategy, SupervisedTraining,
+    EventProcessorTraining, InferenceStep, Interrupter, Learner, LearnerEvent,
+    LearningComponentsMarker, LearningResult, SupervisedLearningStrategy, SupervisedTraining,
     SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem,
     TrainingStrategy, ValidLoader,
 };
 
 use super::checkpoint::{
-    BEST_DIR, EpochRecord, LAST_DIR, MetricsLog, OPTIM_STATE, OutputDir, PROGRESS_FILE,
-    RUN_FILE, RunProgress, STATE_DIR, read_json, write_json,
+    BEST_DIR, EpochRecord, LAST_DIR, MetricsLog, OPTIM_STATE, OutputDir, PROGRESS_FILE, RUN_FILE,
+    RunProgress, STATE_DIR, read_json, write_json,
 };
 use super::config::{Init, Precision, TrainPlan, TrainSettings};
 use super::data::{ErrorSlot, LoaderShared, TrainLoader as ItmTrainLoader, TrainSet};
@@ -202,7 +202,6 @@ impl<B: AutodiffBackend> EpochLoop<B> {
     fn epoch(
         &self,
         epoch: usize,
-        num_epochs: usize,
         learner: &mut Learner<ItmComponents<B>>,
         train: &TrainLoader<ItmComponents<B>>,
         valid: &ValidLoader<ItmComponents<B>>,
@@ -211,6 +210,7 @@ impl<B: AutodiffBackend> EpochLoop<B> {
     ) -> Result<EpochEnd, TrainError> {
         let ctx = &*self.ctx;
         let s = &ctx.settings;
+        let num_epochs = s.num_train_epochs;
         let started = Instant::now();
         B::seed(&ctx.device, epoch_seed(s.seed, epoch));
         ctx.shared.epoch.store(epoch, Ordering::SeqCst);
@@ -298,13 +298,23 @@ impl<B: AutodiffBackend> EpochLoop<B> {
         }
         processor.process_valid(LearnerEvent::EndEpoch(epoch));
         ctx.take_error()?;
-        let recall = recall.ok_or_else(|| TrainError::Model("validation produced no recall".into()))?;
+        let recall =
+            recall.ok_or_else(|| TrainError::Model("validation produced no recall".into()))?;
 
-        self.commit(epoch, &model, recall, train_loss, learner.lr_current(), updates, started)?;
+        self.commit(
+            epoch,
+            &model,
+            recall,
+            train_loss,
+            learner.lr_current(),
+            updates,
+            started,
+        )?;
 
         if ctx.opts.stop_after_epoch == Some(epoch) && epoch < num_epochs {
-            ctx.notes
-                .info(&format!("stopping after epoch {epoch} as asked; rerun to continue"));
+            ctx.notes.info(&format!(
+                "stopping after epoch {epoch} as asked; rerun to continue"
+            ));
             return Ok(EpochEnd::Stop);
         }
         if epoch < num_epochs && s.num_hard_negatives > 0 {
@@ -369,8 +379,9 @@ impl<B: AutodiffBackend> EpochLoop<B> {
         let state = staging.join(STATE_DIR);
         std::fs::create_dir_all(&state).map_err(|e| TrainError::output(&state, e))?;
         let (tensors, meta) = ctx.optim.state_tensors();
-        crate::tensor_io::write_f32(&state.join(OPTIM_STATE), &tensors, Some(meta))
-            .map_err(|e| TrainError::output(&state, format!("cannot write optimizer state: {e}")))?;
+        crate::tensor_io::write_f32(&state.join(OPTIM_STATE), &tensors, Some(meta)).map_err(
+            |e| TrainError::output(&state, format!("cannot write optimizer state: {e}")),
+        )?;
         write_json(&state.join(PROGRESS_FILE), &progress)?;
         write_json(&staging.join(super::checkpoint::METRICS_FILE), &metrics)?;
         ctx.out.commit()?;
@@ -453,12 +464,14 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<ItmComponents<B>> for EpochL
         train: TrainLoader<ItmComponents<B>>,
         valid: ValidLoader<ItmComponents<B>>,
         starting_epoch: usize,
-    ) -> (BiEncoder<B>, SupervisedTrainingEventProcessor<ItmComponents<B>>) {
+    ) -> (
+        BiEncoder<B>,
+        SupervisedTrainingEventProcessor<ItmComponents<B>>,
+    ) {
         let mut processor = components.event_processor;
         for epoch in starting_epoch..=components.num_epochs {
             let end = self.epoch(
                 epoch,
-                components.num_epochs,
                 &mut learner,
                 &train,
                 &valid,
@@ -501,7 +514,10 @@ fn check_run_file(out: &OutputDir, s: &TrainSettings) -> Result<(), TrainError> 
         .iter()
         .filter(|(k, v)| o.get(*k) != Some(*v))
         .map(|(k, v)| {
-            let was = o.get(k).map(|x| x.to_string()).unwrap_or_else(|| "absent".into());
+            let was = o
+                .get(k)
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "absent".into());
             format!("{k} {was} -> {v}")
         })
         .collect();
@@ -512,6 +528,35 @@ fn check_run_file(out: &OutputDir, s: &TrainSettings) -> Result<(), TrainError> 
             diffs.join("; ")
         ),
     })
+}
+
+/// Token ids and lengths must fit the text tower's tables (an out-of-range id would abort inside
+/// the embedding lookup).
+fn check_token_ranges<'a>(
+    captions: impl Iterator<Item = &'a [u32]>,
+    split: &str,
+    cfg: &BiEncoderConfig,
+) -> Result<(), TrainError> {
+    let (mut longest, mut max_id) = (0usize, 0u32);
+    for c in captions {
+        longest = longest.max(c.len());
+        max_id = max_id.max(c.iter().copied().max().unwrap_or(0));
+    }
+    if longest > cfg.txt.max_position_embeddings {
+        return Err(TrainError::Config(format!(
+            "a {split} caption has {longest} tokens with [CLS]/[SEP], more than the text tower's \
+             max_position_embeddings {} (lower max_txt_len)",
+            cfg.txt.max_position_embeddings
+        )));
+    }
+    if max_id as usize >= cfg.txt.vocab_size {
+        return Err(TrainError::Config(format!(
+            "the {split} captions use token id {max_id} but the text tower's vocabulary has {} \
+             entries (txt_db tokenised for another model?)",
+            cfg.txt.vocab_size
+        )));
+    }
+    Ok(())
 }
 
 /// Makes bf16 the device's default float type (before any tensor exists on it).
@@ -628,6 +673,12 @@ pub fn run<B: AutodiffBackend>(
             (model, cfg, vocab)
         }
     };
+    check_token_ranges(
+        set.items().iter().map(|i| i.input_ids.as_slice()),
+        "train",
+        &model_config,
+    )?;
+    check_token_ranges(dev.captions(), "dev", &model_config)?;
     let done = progress.as_ref().map(|p| p.epoch).unwrap_or(0);
     let scheduler = LinearWarmupDecay::new(s.learning_rate, warmup, total)
         .load_record::<B>(progress.as_ref().map(|p| p.updates).unwrap_or(0));

@@ -85,7 +85,10 @@ pub fn contrastive_loss<B: Backend>(
 }
 
 /// Forward both towers and the loss (in f32, whatever the model's float type).
-pub fn batch_losses<B: Backend>(model: &BiEncoder<B>, batch: TrainBatch<B>) -> ContrastiveLosses<B> {
+pub fn batch_losses<B: Backend>(
+    model: &BiEncoder<B>,
+    batch: TrainBatch<B>,
+) -> ContrastiveLosses<B> {
     let txt = model.encode_text(batch.input_ids, batch.attention_mask);
     let img = model.encode_image(&batch.regions);
     contrastive_loss(
@@ -150,7 +153,13 @@ impl<B: Backend> ItemLazy for ContrastiveOutput<B> {
             .execute();
         let v: Vec<f64> = data
             .into_iter()
-            .map(|d| d.convert::<f64>().into_vec::<f64>().ok().and_then(|v| v.first().copied()).unwrap_or(f64::NAN))
+            .map(|d| {
+                d.convert::<f64>()
+                    .into_vec::<f64>()
+                    .ok()
+                    .and_then(|v| v.first().copied())
+                    .unwrap_or(f64::NAN)
+            })
             .collect();
         StepStats {
             loss: v[0],

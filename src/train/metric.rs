@@ -62,6 +62,14 @@ impl EvalSplit {
         self.dataset.unique_images().len()
     }
 
+    /// Caption token ids (with `[CLS]`/`[SEP]`), for range checks.
+    pub fn captions(&self) -> impl Iterator<Item = &[u32]> {
+        self.dataset
+            .items()
+            .iter()
+            .map(|it| it.input_ids.as_slice())
+    }
+
     /// Vectors of every caption and unique image (no progress bars: the dashboard may own the
     /// terminal).
     pub fn embed<B: Backend>(
@@ -310,7 +318,11 @@ impl Metric for DevRecallMetric {
     }
 
     fn update(&mut self, item: &DevRecallInput, _metadata: &MetricMetadata) -> SerializedEntry {
-        let v = item.0.as_ref().map(|r| self.which.of(r)).unwrap_or(f64::NAN);
+        let v = item
+            .0
+            .as_ref()
+            .map(|r| self.which.of(r))
+            .unwrap_or(f64::NAN);
         self.value = Some(v);
         SerializedEntry::new(format!("{}: {:.2}", self.name, 100.0 * v), v.to_string())
     }

@@ -57,6 +57,9 @@ struct AdamState<B: Backend> {
     last_grad_norm: Option<f64>,
 }
 
+/// Host tensors and metadata of [`HfAdamW::state_tensors`].
+pub type OptimizerState = (Vec<(String, HostTensor<f32>)>, HashMap<String, String>);
+
 /// Global-norm clipping + transformers 2.3.0 AdamW. Clones share their state (see the module
 /// doc); training uses one optimizer.
 #[derive(Clone)]
@@ -105,7 +108,7 @@ impl<B: AutodiffBackend> HfAdamW<B> {
     /// precision models) `{id}.master`, each `[numel]` f32, plus metadata `steps` (JSON
     /// `{id: t}`). Stored outside burn's records so that loading never passes the moments
     /// through the device's default float type (bf16 would round them).
-    pub fn state_tensors(&self) -> (Vec<(String, HostTensor<f32>)>, HashMap<String, String>) {
+    pub fn state_tensors(&self) -> OptimizerState {
         let state = self.lock();
         let mut ids: Vec<&ParamId> = state.moments.keys().collect();
         ids.sort_by_key(|id| id.val());
@@ -154,7 +157,9 @@ impl<B: AutodiffBackend> HfAdamW<B> {
         };
         let mut moments = HashMap::with_capacity(steps.len());
         for (key, step) in steps {
-            let id: u64 = key.parse().map_err(|_| format!("bad parameter id {key:?}"))?;
+            let id: u64 = key
+                .parse()
+                .map_err(|_| format!("bad parameter id {key:?}"))?;
             let master_name = format!("{key}.master");
             moments.insert(
                 ParamId::from(id),
@@ -234,8 +239,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for AdamMapper<'_, B> {
             exp_avg: g.zeros_like(),
             exp_avg_sq: g.zeros_like(),
             step: 0,
-            master: (dtype != DType::F32)
-                .then(|| value.clone().reshape([n]).cast(FloatDType::F32)),
+            master: (dtype != DType::F32).then(|| value.clone().reshape([n]).cast(FloatDType::F32)),
         });
         let step = state.step + 1;
         let exp_avg = state
@@ -248,8 +252,8 @@ impl<B: AutodiffBackend> ModuleMapper<B> for AdamMapper<'_, B> {
             .add(g.clone().mul(g).mul_scalar(1.0 - beta2));
         let denom = exp_avg_sq.clone().sqrt().add_scalar(eps);
         // Computed in f64 like the Python scalar of the reference, applied in f32.
-        let step_size = self.lr * (1.0 - beta2.powi(step as i32)).sqrt()
-            / (1.0 - beta1.powi(step as i32));
+        let step_size =
+            self.lr * (1.0 - beta2.powi(step as i32)).sqrt() / (1.0 - beta1.powi(step as i32));
         let current = match &state.master {
             Some(m) => m.clone(),
             None => value.reshape([n]),

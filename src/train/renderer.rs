@@ -86,9 +86,7 @@ impl MetricsRendererTraining for PlainRenderer {
         }
         let Some(p) = item.progress else { return };
         let done = p.items_processed >= p.items_total;
-        let due = self
-            .last_print
-            .is_none_or(|t| t.elapsed() >= self.interval);
+        let due = self.last_print.is_none_or(|t| t.elapsed() >= self.interval);
         if !(done || due) {
             return;
         }
@@ -99,7 +97,11 @@ impl MetricsRendererTraining for PlainRenderer {
         } else {
             f64::NAN
         };
-        let lr = self.values.get("Learning Rate").copied().unwrap_or(f64::NAN);
+        let lr = self
+            .values
+            .get("Learning Rate")
+            .copied()
+            .unwrap_or(f64::NAN);
         println!(
             "epoch {}/{}  pairs {}/{}  step {}  loss {:.4}  lr {:.3e}  {:.1} pairs/s",
             epoch,

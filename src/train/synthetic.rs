@@ -109,7 +109,10 @@ fn write_images(dir: &Path, spec: &SyntheticSpec, rng: &mut SplitMix64) -> Resul
     let nbb: serde_json::Map<String, Value> = (0..spec.images)
         .map(|i| (image_name(i), json!(spec.boxes)))
         .collect();
-    write_file(&dir.join("nbb_th0.2_max100_min10.json"), &Value::Object(nbb).to_string())
+    write_file(
+        &dir.join("nbb_th0.2_max100_min10.json"),
+        &Value::Object(nbb).to_string(),
+    )
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), DataError> {
@@ -192,11 +195,29 @@ pub fn write_synthetic(
     write_images(&dir.join("img"), spec, &mut rng)?;
     let words = content_words(spec.images, &mut rng);
     let n = spec.images;
-    write_captions(&dir.join("txt_train.db"), &words, spec.train_captions_per_image, 0, &mut rng)?;
+    write_captions(
+        &dir.join("txt_train.db"),
+        &words,
+        spec.train_captions_per_image,
+        0,
+        &mut rng,
+    )?;
     let dev0 = n * spec.train_captions_per_image;
-    write_captions(&dir.join("txt_dev.db"), &words, spec.eval_captions_per_image, dev0, &mut rng)?;
+    write_captions(
+        &dir.join("txt_dev.db"),
+        &words,
+        spec.eval_captions_per_image,
+        dev0,
+        &mut rng,
+    )?;
     let test0 = dev0 + n * spec.eval_captions_per_image;
-    write_captions(&dir.join("txt_test.db"), &words, spec.eval_captions_per_image, test0, &mut rng)?;
+    write_captions(
+        &dir.join("txt_test.db"),
+        &words,
+        spec.eval_captions_per_image,
+        test0,
+        &mut rng,
+    )?;
     let cfg = tiny_encoder_config().to_string();
     write_file(&dir.join("img_config.json"), &cfg)?;
     write_file(&dir.join("txt_config.json"), &cfg)?;
@@ -222,6 +243,9 @@ pub fn write_synthetic(
         }
     }
     let path = dir.join("ft_config.json");
-    write_file(&path, &serde_json::to_string_pretty(&config).unwrap_or_default())?;
+    write_file(
+        &path,
+        &serde_json::to_string_pretty(&config).unwrap_or_default(),
+    )?;
     Ok(path)
 }
