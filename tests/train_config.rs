@@ -192,3 +192,132 @@ fn captions_outside_the_text_tower_are_refused() {
     );
     one_error_line(&e, &["token id", "vocabulary has 100 entries"]);
 }
+
+/// The reference's two fine-tune configs (spec §2.8), with their data layout.
+fn reference_layout(root: &Path, coco: bool) -> std::path::PathBuf {
+    let config = if coco {
+        json!({
+            "txt_model_type": "bert-base", "txt_model_config": "bert-base-cased",
+            "img_model_type": "uniter-base", "img_model_config": "./config/img_base.json",
+            "img_checkpoint": "./data/model/uniter-base.pt",
+            "itm_global_file": "./data/meta/coco_meta.json",
+            "train_batch_size": 64, "val_batch_size": 256, "gradient_accumulation_steps": 1,
+            "learning_rate": 2e-05, "warmup_steps": 100, "valid_steps": 500,
+            "num_train_epochs": 20, "seed": 42, "output_dir": "/storage/debug_coco",
+            "max_txt_len": 60, "conf_th": 0.2, "max_bb": 100, "min_bb": 10, "num_bb": 36,
+            "project_dim": 768,
+            "train_txt_dbs": ["./data/db/itm_coco_train_base-cased.db", "./data/db/itm_coco_restval_base-cased.db"],
+            "train_img_dbs": ["./data/img/coco_train2014/", "./data/img/coco_val2014"],
+            "val_txt_db": "./data/db/itm_coco_val_base-cased.db", "val_img_db": "./data/img/coco_val2014/",
+            "test_txt_db": "./data/db/itm_coco_test_base-cased.db", "test_img_db": "./data/img/coco_val2014/",
+            "project_name": "itm-debug", "num_hard_negatives": 0, "hard_negatives_sampling": "none",
+            "inf_minibatch_size": 0, "n_workers": 0, "fp16": true, "compressed_db": false, "pin_mem": true
+        })
+    } else {
+        json!({
+            "txt_model_type": "bert-base", "txt_model_config": "bert-base-cased",
+            "img_model_type": "uniter-base", "img_model_config": "./config/img_base.json",
+            "img_checkpoint": "./data/model/uniter-base.pt",
+            "itm_global_file": "./data/meta/flickr_meta.json",
+            "train_batch_size": 64, "gradient_accumulation_steps": 1, "learning_rate": 2e-05,
+            "warmup_steps": 100, "valid_steps": 500, "num_train_epochs": 15, "seed": 42,
+            "output_dir": "/storage/debug_flickr", "max_txt_len": 60, "conf_th": 0.2,
+            "max_bb": 100, "min_bb": 10, "num_bb": 36, "project_dim": 768,
+            "train_txt_dbs": ["./data/db/itm_flickr30k_train_base-cased.db"],
+            "train_img_dbs": ["./data/img/flickr30k/"],
+            "val_txt_db": "./data/db/itm_flickr30k_val_base-cased.db", "val_img_db": "./data/img/flickr30k/",
+            "test_txt_db": "./data/db/itm_flickr30k_test_base-cased.db", "test_img_db": "./data/img/flickr30k/",
+            "project_name": "itm-debug", "num_hard_negatives": 0, "hard_negatives_sampling": "none",
+            "inf_minibatch_size": 0, "n_workers": 0, "fp16": true
+        })
+    };
+    for key in ["train_txt_dbs", "train_img_dbs"] {
+        for p in config[key].as_array().unwrap() {
+            std::fs::create_dir_all(root.join(p.as_str().unwrap())).unwrap();
+        }
+    }
+    for key in ["val_txt_db", "val_img_db", "test_txt_db", "test_img_db"] {
+        std::fs::create_dir_all(root.join(config[key].as_str().unwrap())).unwrap();
+    }
+    std::fs::create_dir_all(root.join("config")).unwrap();
+    let path = root.join(if coco {
+        "config/coco_ft_config.json"
+    } else {
+        "config/flickr30k_ft_config.json"
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn the_reference_configs_are_read_as_they_are() {
+    use lightningdot::train::{Init, Sampling, TrainOverrides, TrainPlan, Warmup};
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("data/model/LightningDot.pt");
+    std::fs::create_dir_all(ckpt.parent().unwrap()).unwrap();
+    std::fs::write(&ckpt, b"stand-in").unwrap();
+    let ov = TrainOverrides {
+        checkpoint: Some(ckpt.clone()),
+        ..Default::default()
+    };
+
+    let flickr = TrainPlan::resolve(&reference_layout(tmp.path(), false), &ov).unwrap();
+    let s = &flickr.settings;
+    assert_eq!(s.init, Init::Biencoder(ckpt.clone()));
+    assert_eq!(
+        (s.train_batch_size, s.num_train_epochs, s.seed),
+        (64, 15, 42)
+    );
+    assert_eq!(s.learning_rate, 2e-5);
+    assert_eq!(s.warmup, Warmup::Steps(100), "warmup_steps is honoured");
+    assert_eq!((s.max_txt_len, s.project_dim), (60, Some(768)));
+    assert_eq!(s.hard_negatives_sampling, Sampling::None);
+    assert_eq!(
+        s.valid_batch_size, 80,
+        "the reference's valid_batch_size default"
+    );
+    assert_eq!(s.dropout, 0.1);
+    assert_eq!(
+        s.img_config.as_deref(),
+        Some("uniter-base"),
+        "bundled img_base.json"
+    );
+    // Paths name the repository root from config/: resolved against the config's parent.
+    assert!(
+        s.train[0]
+            .txt_db
+            .ends_with("data/db/itm_flickr30k_train_base-cased.db")
+    );
+    assert!(s.train[0].txt_db.is_dir());
+    assert!(s.test.as_ref().unwrap().img_db.is_dir());
+    assert_eq!(flickr.output_dir, Path::new("/storage/debug_flickr"));
+
+    let coco = TrainPlan::resolve(&reference_layout(tmp.path(), true), &ov).unwrap();
+    let s = &coco.settings;
+    assert_eq!(s.train.len(), 2);
+    assert!(s.train[1].img_db.ends_with("data/img/coco_val2014"));
+    assert_eq!(s.valid_batch_size, 256, "val_batch_size is honoured");
+    assert_eq!(s.num_train_epochs, 20);
+
+    // As it is, without the bi-encoder of train_flickr.sh: the UNITER file is missing here, and
+    // even with it the text tower would need pretrained hub weights.
+    let plain = TrainPlan::resolve(
+        &reference_layout(tmp.path(), false),
+        &TrainOverrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(plain.contains("img_checkpoint not found"), "{plain}");
+    let uniter = tmp.path().join("data/model/uniter-base.pt");
+    std::fs::write(&uniter, b"stand-in").unwrap();
+    let plain = TrainPlan::resolve(
+        &reference_layout(tmp.path(), false),
+        &TrainOverrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        plain.contains("bert-base-cased") && plain.contains("--checkpoint"),
+        "{plain}"
+    );
+}

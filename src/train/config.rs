@@ -576,6 +576,20 @@ impl TrainPlan {
                         .map(|c| Path::new(c).join("pytorch_model.bin"))
                         .filter(|p| p.is_file()),
                 };
+                // A hub name means pretrained BERT weights upstream; starting that tower from
+                // random weights instead would silently change the experiment.
+                let hub = txt_config
+                    .as_deref()
+                    .is_none_or(|c| matches!(c, "bert-base-cased" | "bert-base"));
+                if txt.is_none() && hub {
+                    return Err(cfg_err(format!(
+                        "no initial text tower: txt_model_config {:?} names pretrained hub \
+                         weights, which cannot be downloaded here; give biencoder_checkpoint \
+                         (--checkpoint LightningDot.pt, as bash/train_flickr.sh does) or \
+                         txt_checkpoint (a BERT pytorch_model.bin)",
+                        txt_config.as_deref().unwrap_or("bert-base-cased")
+                    )));
+                }
                 Init::Towers { img, txt }
             }
         };
