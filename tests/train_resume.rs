@@ -155,29 +155,40 @@ fn kill_9_at_any_moment_then_rerun_equals_uninterrupted() {
             .stderr(Stdio::null());
         c
     };
-    // Kill at staggered moments: while loading, mid-epoch, around commits.
+    // One epoch's duration, to aim the kills inside the epochs.
+    let raw: Value =
+        serde_json::from_str(&std::fs::read_to_string(full.join("metrics.json")).unwrap()).unwrap();
+    let epoch_s = raw["epochs"][0]["seconds"].as_f64().unwrap();
+    let committed = || {
+        std::fs::read_to_string(killed.join("state/progress.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["epoch"].as_u64())
+            .unwrap_or(0)
+    };
+    // (wait for this many committed epochs, then this long) before each SIGKILL: while
+    // loading; mid-epoch 2; right after a commit (mining, next epoch's start); late in epoch 3
+    // (validation, commit).
+    let plan = [(0, 0.15), (1, 0.5 * epoch_s), (2, 0.0), (2, 0.95 * epoch_s)];
     let (mut kills, mut mid_run_kills) = (0, 0);
-    for delay_ms in [150u64, 600, 900, 400, 1100, 700, 1300, 500] {
+    for (wait_epochs, delay_s) in plan {
         let mut child = cmd().spawn().unwrap();
         let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(delay_ms) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        while committed() < wait_epochs
+            && child.try_wait().unwrap().is_none()
+            && t.elapsed() < Duration::from_secs(300)
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
+        std::thread::sleep(Duration::from_secs_f64(delay_s));
         if child.try_wait().unwrap().is_none() {
             // SIGKILL, not a polite stop.
             child.kill().unwrap();
             let _ = child.wait();
             kills += 1;
-            let committed = std::fs::read_to_string(killed.join("state/progress.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| v["epoch"].as_u64())
-                .unwrap_or(0);
-            println!("killed after {delay_ms} ms; epochs committed: {committed}");
-            if committed > 0 {
+            let done = committed();
+            println!("killed {delay_s:.2}s after epoch {wait_epochs}; epochs committed: {done}");
+            if done > 0 {
                 mid_run_kills += 1;
             }
         }
