@@ -119,6 +119,83 @@ pub fn uniter_itm_key_to_burn(key: &str, prefix: &str) -> Option<String> {
         .then(|| key.to_string())
 }
 
+/// Head keys of the pre-training layout that are the same tensor as a tower parameter (one
+/// storage, two names): `(head key, tower key)`. Loading reads the tower key; saving writes both.
+pub const TIED_PRETRAIN_KEYS: [(&str, &str); 2] = [
+    (
+        "cls.predictions.decoder.weight",
+        "bert.img_model.bert.embeddings.word_embeddings.weight",
+    ),
+    (
+        "feat_regress.weight",
+        "bert.img_model.bert.img_embeddings.img_linear.weight",
+    ),
+];
+
+/// Maps a key of the pre-training layout (`BiEncoderForPretraining.state_dict()`, LightningDot.pt)
+/// to its path in [`BiEncoderForPretraining`](crate::model::BiEncoderForPretraining), or `None`
+/// for a tied alias or an unknown key.
+///
+/// | PyTorch                                   | burn                                  |
+/// |-------------------------------------------|---------------------------------------|
+/// | `bert.{img,txt}_model.…`                  | `bert.{image,text}.…` (as above)      |
+/// | `cls.predictions.transform.dense / .LayerNorm` | `heads.cls.dense / .layer_norm`  |
+/// | `cls.predictions.bias`                    | `heads.cls.bias`                      |
+/// | `feat_regress.net.{0,2}`, `feat_regress.bias` | `heads.feat_regress.{dense,layer_norm}`, `.bias` |
+/// | `region_classifier.net.{0,2,3}`           | `heads.region_classifier.{dense,layer_norm,output}` |
+/// | `itm_output`                              | `heads.itm_output`                    |
+pub fn pretrain_key_to_burn(key: &str) -> Option<String> {
+    if let Some(rest) = key.strip_prefix("bert.") {
+        return biencoder_key_to_burn(rest).map(|p| format!("bert.{p}"));
+    }
+    let (head, rest) = key.split_once('.')?;
+    let path = match (head, rest) {
+        ("cls", "predictions.bias") => "heads.cls.bias".to_string(),
+        ("cls", r) => {
+            let r = r.strip_prefix("predictions.transform.")?;
+            let (part, param) = r.split_once('.')?;
+            let part = match part {
+                "dense" => "dense",
+                "LayerNorm" => "layer_norm",
+                _ => return None,
+            };
+            format!("heads.cls.{part}.{param}")
+        }
+        ("feat_regress", "bias") => "heads.feat_regress.bias".to_string(),
+        ("feat_regress", r) | ("region_classifier", r) => {
+            let (idx, param) = r.strip_prefix("net.")?.split_once('.')?;
+            let part = match (head, idx) {
+                (_, "0") => "dense",
+                (_, "2") => "layer_norm",
+                ("region_classifier", "3") => "output",
+                _ => return None,
+            };
+            format!("heads.{head}.{part}.{param}")
+        }
+        ("itm_output", p) => format!("heads.itm_output.{p}"),
+        _ => return None,
+    };
+    Some(path)
+}
+
+/// Whether the parameter at burn `path` (of a bi-encoder or pre-training model) is exempt from
+/// weight decay in pretrain.py's `build_optimizer`: its PyTorch name contains `bias`,
+/// `LayerNorm.bias` or `LayerNorm.weight`. Only LayerNorms that PyTorch names `LayerNorm`
+/// qualify — `img_layer_norm`, `pos_layer_norm`, `encode_proj.2`, `feat_regress.net.2` and
+/// `region_classifier.net.2` ARE decayed (fixtures optimizer_step.json `param_groups`).
+pub fn pretrain_no_decay(path: &str) -> bool {
+    if path.ends_with(".bias") || path.ends_with(".beta") {
+        return true;
+    }
+    let Some(norm) = path.strip_suffix(".gamma") else {
+        return false;
+    };
+    // burn names of PyTorch's `….LayerNorm` modules (see the table at the top).
+    norm.ends_with("embeddings.layer_norm")
+        || norm.ends_with("output_norm")
+        || norm.ends_with("heads.cls.layer_norm")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,31 @@ pub(super) fn model_params<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<Str
         .collect()
 }
 
+/// Every parameter's burn path (`bert.image.encoder.layers.0.attention.query.weight`, LayerNorms
+/// as `gamma`/`beta`) and id.
+pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, ParamId> {
+    model_params(module)
+        .into_iter()
+        .map(|(path, p)| (path, p.id))
+        .collect()
+}
+
+/// Resolves a PyTorch-style `….weight`/`….bias` path (as the key maps produce) to the burn
+/// parameter path of `params` (`gamma`/`beta` for LayerNorms).
+pub fn resolve_path(params: &BTreeMap<String, ParamId>, path: &str) -> Option<String> {
+    if params.contains_key(path) {
+        return Some(path.to_string());
+    }
+    let alt = if let Some(s) = path.strip_suffix(".weight") {
+        format!("{s}.gamma")
+    } else if let Some(s) = path.strip_suffix(".bias") {
+        format!("{s}.beta")
+    } else {
+        return None;
+    };
+    params.contains_key(&alt).then_some(alt)
+}
+
 /// Resolves a mapped `….weight`/`….bias` path against the model: LayerNorm parameters are
 /// `gamma`/`beta` in burn.
 fn resolve<'a>(params: &'a BTreeMap<String, Param>, path: &str) -> Option<(String, &'a Param)> {

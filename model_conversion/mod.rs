@@ -10,15 +10,26 @@ mod error;
 mod keymap;
 mod load;
 mod model_dir;
+mod pretrain;
 mod uniter_itm;
 
 pub use checkpoint::{Checkpoint, CheckpointTensor, Layout, TorchFormat};
 pub use error::ConvertError;
-pub use keymap::{biencoder_key_to_burn, uniter_itm_key_to_burn, uniter_key_to_image_tower};
-pub use load::{LoadOptions, LoadReport, load_biencoder, load_image_tower, manifest_coverage};
+pub use keymap::{
+    TIED_PRETRAIN_KEYS, biencoder_key_to_burn, pretrain_key_to_burn, pretrain_no_decay,
+    uniter_itm_key_to_burn,
+    uniter_key_to_image_tower,
+};
+pub use load::{
+    LoadOptions, LoadReport, load_biencoder, load_image_tower, manifest_coverage, param_ids,
+    resolve_path,
+};
 pub use model_dir::{
     ModelDir, ModelSource, RecordPrecision, VOCAB_FILES, infer_project_dim, write_model_dir,
     write_model_dir_with_vocab,
+};
+pub use pretrain::{
+    HEADS_RECORD, HeadsSource, load_pretraining, load_pretraining_source, write_pretrain_dir,
 };
 pub use uniter_itm::{
     UniterItmDir, UniterLoadReport, UniterSource, infer_uniter_config, load_uniter_itm,

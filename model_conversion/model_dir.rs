@@ -79,22 +79,11 @@ impl ModelDir {
         device: &B::Device,
     ) -> Result<BiEncoder<B>, ConvertError> {
         let model = BiEncoder::<B>::new(&self.config, device);
-        let file = dir.join(RECORD);
-        let res = match self.precision {
-            RecordPrecision::F32 => model.load_file(
-                file,
-                &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
-                device,
-            ),
-            RecordPrecision::F16 => model.load_file(
-                file,
-                &NamedMpkFileRecorder::<HalfPrecisionSettings>::new(),
-                device,
-            ),
-        };
-        res.map_err(|e| ConvertError::ModelDir {
-            path: dir.display().to_string(),
-            reason: format!("cannot load model.mpk: {}", first_line(&e.to_string())),
+        load_record(model, &dir.join(RECORD), self.precision, device).map_err(|e| {
+            ConvertError::ModelDir {
+                path: dir.display().to_string(),
+                reason: format!("cannot load model.mpk: {e}"),
+            }
         })
     }
 }
@@ -130,6 +119,88 @@ pub fn write_model_dir_with_vocab<B: Backend>(
     overwrite: bool,
     vocab_dir: Option<&Path>,
 ) -> Result<(), ConvertError> {
+    write_dir_atomically(out, overwrite, |tmp| {
+        fill_model_dir(tmp, model, config, precision, source, vocab_dir)
+    })
+}
+
+/// Writes config.json, the tower configs, the record and the vocabulary files into `dir`.
+pub(super) fn fill_model_dir<B: Backend>(
+    dir: &Path,
+    model: BiEncoder<B>,
+    config: &BiEncoderConfig,
+    precision: RecordPrecision,
+    source: Option<(&Path, &str)>,
+    vocab_dir: Option<&Path>,
+) -> Result<(), String> {
+    let md = ModelDir {
+        format: FORMAT.into(),
+        config: config.clone(),
+        precision,
+        source: source.map(|(p, _)| p.display().to_string()),
+        source_layout: source.map(|(_, l)| l.to_string()),
+    };
+    write_json(&dir.join("config.json"), &md)?;
+    write_json(&dir.join("img_config.json"), &config.img)?;
+    write_json(&dir.join("txt_config.json"), &config.txt)?;
+    save_record(model, &dir.join(RECORD), precision)?;
+    for name in VOCAB_FILES {
+        if let Some(src) = vocab_dir.map(|d| d.join(name)).filter(|p| p.is_file()) {
+            std::fs::copy(&src, dir.join(name))
+                .map_err(|e| format!("cannot copy {}: {e}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Saves any module as a NamedMpk record at `file` (`.mpk` is appended by burn).
+pub(super) fn save_record<B: Backend, M: Module<B>>(
+    module: M,
+    file: &Path,
+    precision: RecordPrecision,
+) -> Result<(), String> {
+    let res = match precision {
+        RecordPrecision::F32 => module.save_file(
+            file.to_path_buf(),
+            &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+        ),
+        RecordPrecision::F16 => module.save_file(
+            file.to_path_buf(),
+            &NamedMpkFileRecorder::<HalfPrecisionSettings>::new(),
+        ),
+    };
+    res.map_err(|e| format!("cannot write record {}: {e}", file.display()))
+}
+
+/// Loads any module's NamedMpk record from `file`.
+pub(super) fn load_record<B: Backend, M: Module<B>>(
+    module: M,
+    file: &Path,
+    precision: RecordPrecision,
+    device: &B::Device,
+) -> Result<M, String> {
+    let res = match precision {
+        RecordPrecision::F32 => module.load_file(
+            file.to_path_buf(),
+            &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+            device,
+        ),
+        RecordPrecision::F16 => module.load_file(
+            file.to_path_buf(),
+            &NamedMpkFileRecorder::<HalfPrecisionSettings>::new(),
+            device,
+        ),
+    };
+    res.map_err(|e| first_line(&e.to_string()))
+}
+
+/// Creates directory `out` atomically: `fill` writes into a sibling temp directory, which is
+/// renamed into place only when complete (an existing `out` is replaced only with `overwrite`).
+pub(crate) fn write_dir_atomically(
+    out: &Path,
+    overwrite: bool,
+    fill: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), ConvertError> {
     let err = |reason: String| ConvertError::ModelDir {
         path: out.display().to_string(),
         reason,
@@ -149,36 +220,7 @@ pub fn write_model_dir_with_vocab<B: Backend>(
     let tmp: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| err(format!("cannot create temp dir: {e}")))?;
-    let result = (|| {
-        let md = ModelDir {
-            format: FORMAT.into(),
-            config: config.clone(),
-            precision,
-            source: source.map(|(p, _)| p.display().to_string()),
-            source_layout: source.map(|(_, l)| l.to_string()),
-        };
-        write_json(&tmp.join("config.json"), &md)?;
-        write_json(&tmp.join("img_config.json"), &config.img)?;
-        write_json(&tmp.join("txt_config.json"), &config.txt)?;
-        let file = tmp.join(RECORD);
-        let res = match precision {
-            RecordPrecision::F32 => {
-                model.save_file(file, &NamedMpkFileRecorder::<FullPrecisionSettings>::new())
-            }
-            RecordPrecision::F16 => {
-                model.save_file(file, &NamedMpkFileRecorder::<HalfPrecisionSettings>::new())
-            }
-        };
-        res.map_err(|e| format!("cannot write record: {e}"))?;
-        for name in VOCAB_FILES {
-            if let Some(src) = vocab_dir.map(|d| d.join(name)).filter(|p| p.is_file()) {
-                std::fs::copy(&src, tmp.join(name))
-                    .map_err(|e| format!("cannot copy {}: {e}", src.display()))?;
-            }
-        }
-        Ok(())
-    })();
-    if let Err(reason) = result {
+    if let Err(reason) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(err(reason));
     }

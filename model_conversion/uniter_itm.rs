@@ -24,14 +24,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, HalfPrecisionSettings, NamedMpkFileRecorder};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointTensor, Layout};
 use super::error::ConvertError;
 use super::keymap::uniter_itm_key_to_burn;
 use super::load::{LoadOptions, LoadReport, apply_plan, model_params, plan, summarize};
-use super::model_dir::RecordPrecision;
+use super::model_dir::{RecordPrecision, load_record, save_record, write_dir_atomically};
 use crate::model::{EncoderConfig, UniterItm};
 
 const FORMAT: &str = "lightningdot-uniter-itm";
@@ -250,25 +249,11 @@ impl UniterItmDir {
         device: &B::Device,
     ) -> Result<UniterItm<B>, ConvertError> {
         let model = UniterItm::<B>::new(&self.uniter, self.itm_head, device);
-        let file = dir.join(RECORD);
-        let res = match self.precision {
-            RecordPrecision::F32 => model.load_file(
-                file,
-                &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
-                device,
-            ),
-            RecordPrecision::F16 => model.load_file(
-                file,
-                &NamedMpkFileRecorder::<HalfPrecisionSettings>::new(),
-                device,
-            ),
-        };
-        res.map_err(|e| ConvertError::ModelDir {
-            path: dir.display().to_string(),
-            reason: format!(
-                "cannot load model.mpk: {}",
-                e.to_string().lines().next().unwrap_or("")
-            ),
+        load_record(model, &dir.join(RECORD), self.precision, device).map_err(|e| {
+            ConvertError::ModelDir {
+                path: dir.display().to_string(),
+                reason: format!("cannot load model.mpk: {e}"),
+            }
         })
     }
 }
@@ -282,25 +267,6 @@ pub fn write_uniter_dir<B: Backend>(
     out: &Path,
     overwrite: bool,
 ) -> Result<(), ConvertError> {
-    let err = |reason: String| ConvertError::ModelDir {
-        path: out.display().to_string(),
-        reason,
-    };
-    if out.exists() && !overwrite {
-        return Err(err("already exists (pass --force to replace it)".into()));
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| err(format!("cannot create parent: {e}")))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "uniter".into());
-    let tmp: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| err(format!("cannot create temp dir: {e}")))?;
     let md = UniterItmDir {
         format: FORMAT.into(),
         uniter: config.clone(),
@@ -309,33 +275,11 @@ pub fn write_uniter_dir<B: Backend>(
         source: source.map(|(p, _)| p.display().to_string()),
         source_prefix: source.map(|(_, p)| p.to_string()),
     };
-    let result = (|| {
+    write_dir_atomically(out, overwrite, |tmp| {
         write_json(&tmp.join("config.json"), &md)?;
         write_json(&tmp.join("uniter_config.json"), config)?;
-        let file = tmp.join(RECORD);
-        let res = match precision {
-            RecordPrecision::F32 => {
-                model.save_file(file, &NamedMpkFileRecorder::<FullPrecisionSettings>::new())
-            }
-            RecordPrecision::F16 => {
-                model.save_file(file, &NamedMpkFileRecorder::<HalfPrecisionSettings>::new())
-            }
-        };
-        res.map_err(|e| format!("cannot write record: {e}"))
-    })();
-    if let Err(reason) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(err(reason));
-    }
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old).map_err(|e| err(format!("cannot move old directory: {e}")))?;
-        std::fs::rename(&tmp, out).map_err(|e| err(format!("cannot rename into place: {e}")))?;
-        let _ = std::fs::remove_dir_all(old);
-    } else {
-        std::fs::rename(&tmp, out).map_err(|e| err(format!("cannot rename into place: {e}")))?;
-    }
-    Ok(())
+        save_record(model, &tmp.join(RECORD), precision)
+    })
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {

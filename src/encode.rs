@@ -6,12 +6,20 @@ use burn::prelude::*;
 use crate::data::{ImageBatch, TextBatch};
 use crate::model::{BiEncoder, IMG_FEAT_DIM, IMG_POS_DIM, RegionBatch};
 
-fn ints<B: Backend>(values: &[i64], shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
+pub(crate) fn ints<B: Backend>(
+    values: &[i64],
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
     Tensor::<B, 1, Int>::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
         .reshape(shape)
 }
 
-fn floats<B: Backend>(values: &[f32], shape: [usize; 3], device: &B::Device) -> Tensor<B, 3> {
+pub(crate) fn floats<B: Backend>(
+    values: &[f32],
+    shape: [usize; 3],
+    device: &B::Device,
+) -> Tensor<B, 3> {
     Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
         .reshape(shape)
 }

@@ -25,6 +25,7 @@ pub mod encode;
 pub mod eval;
 pub mod inference;
 pub mod model;
+pub mod pretrain;
 pub mod progress;
 pub mod rerank;
 pub mod retrieval;

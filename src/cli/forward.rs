@@ -6,16 +6,17 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
 use clap::{Args, ValueEnum};
-use lightningdot::conversion::{LoadOptions, UniterSource};
+use lightningdot::conversion::{HeadsSource, LoadOptions, UniterSource, load_pretraining_source};
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 use lightningdot::inference::{HostBatch, forward_stages};
-use lightningdot::model::{RANK_MARGIN, rank_loss};
+use lightningdot::model::{ClsConcat, PretrainTask, RANK_MARGIN, rank_loss};
+use lightningdot::pretrain::{PretrainHostBatch, task_outputs};
 use lightningdot::rerank::ItmHostBatch;
 use lightningdot::tensor_io::{HostTensor, TensorFile, write_f32};
 
 use super::ModelArgs;
 
-/// Which model the batch is for (grows with the pre-training heads).
+/// Which model the batch is for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Task {
     /// Both bi-encoder towers on a `txt.*` / `img.*` batch (fixtures/batch/inputs.safetensors).
@@ -24,6 +25,48 @@ pub enum Task {
     /// The UNITER cross-encoder on a single-stream batch (`input_ids`, `img_feat`,
     /// `img_pos_feat`, `attn_masks`, `gather_index`; uniter_itm/batch/*.safetensors).
     UniterItm,
+    /// Pre-training VMLM on pretrain/batch/mlm.safetensors (`mlm.*` outputs).
+    Mlm,
+    /// Pre-training MRFR on pretrain/batch/mrfr.safetensors (`mrfr.*`).
+    Mrfr,
+    /// Pre-training MRC-KL on pretrain/batch/mrc.safetensors (`mrc.*`, `mrckl.*`).
+    Mrckl,
+    /// Pre-training MRC (cross-entropy) on pretrain/batch/mrc.safetensors (`mrc.*`).
+    Mrc,
+    /// Pre-training CMR on pretrain/batch/itm.safetensors (`itm.*`).
+    Itm,
+}
+
+impl Task {
+    fn pretrain(self) -> Option<PretrainTask> {
+        match self {
+            Task::Biencoder | Task::UniterItm => None,
+            Task::Mlm => Some(PretrainTask::Mlm),
+            Task::Mrfr => Some(PretrainTask::Mrfr),
+            Task::Mrckl => Some(PretrainTask::MrcKl),
+            Task::Mrc => Some(PretrainTask::Mrc),
+            Task::Itm => Some(PretrainTask::Itm),
+        }
+    }
+}
+
+/// `--cls-concat` (pre-training tasks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CliClsConcat {
+    /// No fusion (the reference's default `""`; named `plain` in the outputs).
+    None,
+    Add,
+    Multiply,
+}
+
+impl From<CliClsConcat> for ClsConcat {
+    fn from(c: CliClsConcat) -> Self {
+        match c {
+            CliClsConcat::None => ClsConcat::None,
+            CliClsConcat::Add => ClsConcat::Add,
+            CliClsConcat::Multiply => ClsConcat::Multiply,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +96,10 @@ pub struct ForwardArgs {
     /// uniter-itm: rows per item (positive first) to also write UNITER's triplet `rank_loss`.
     #[arg(long)]
     pub sample_size: Option<usize>,
+    /// Pre-training tasks: how the other tower's `[CLS]` is fused; repeat for several modes
+    /// (default: all three). `itm` ignores it.
+    #[arg(long, value_enum)]
+    pub cls_concat: Vec<CliClsConcat>,
 }
 
 struct ForwardTask<'a> {
@@ -130,8 +177,42 @@ impl BackendTask for UniterTask<'_> {
     }
 }
 
+struct PretrainForward<'a> {
+    args: &'a ForwardArgs,
+    batch: PretrainHostBatch,
+}
+
+impl BackendTask for PretrainForward<'_> {
+    type Output = Result<usize>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<usize> {
+        let a = self.args;
+        let (model, cfg, heads) = load_pretraining_source::<B>(&a.model.source(), &device)?;
+        if heads == HeadsSource::Initialised {
+            tracing::warn!(
+                "{} holds no pre-training heads: they are freshly initialised",
+                a.model.checkpoint.display()
+            );
+        }
+        self.batch
+            .validate(&cfg)
+            .with_context(|| format!("inputs {}", a.inputs.display()))?;
+        let modes: Vec<ClsConcat> = if a.cls_concat.is_empty() {
+            ClsConcat::ALL.to_vec()
+        } else {
+            a.cls_concat.iter().map(|&c| c.into()).collect()
+        };
+        let out = task_outputs(&model, &self.batch, &modes, &device);
+        write_f32(&a.out, &out, None)?;
+        Ok(out.len())
+    }
+}
+
 pub fn run(args: ForwardArgs, device: DeviceSpec) -> Result<()> {
     let file = TensorFile::open(&args.inputs)?;
+    if args.task.pretrain().is_none() && !args.cls_concat.is_empty() {
+        bail!("--cls-concat applies to the pre-training tasks (mlm, mrfr, mrckl, mrc, itm)");
+    }
     let n = match args.task {
         Task::Biencoder => {
             if args.uniter_config.is_some() || args.prefix.is_some() || args.sample_size.is_some() {
@@ -151,6 +232,15 @@ pub fn run(args: ForwardArgs, device: DeviceSpec) -> Result<()> {
             let batch = ItmHostBatch::from_file(&file)
                 .with_context(|| format!("inputs {}", args.inputs.display()))?;
             run_on(device, UniterTask { args: &args, batch })??
+        }
+        Task::Mlm | Task::Mrfr | Task::Mrckl | Task::Mrc | Task::Itm => {
+            let task = args.task.pretrain().unwrap_or(PretrainTask::Itm);
+            if args.uniter_config.is_some() || args.prefix.is_some() || args.sample_size.is_some() {
+                bail!("--uniter-config, --prefix and --sample-size apply to --task uniter-itm");
+            }
+            let batch = PretrainHostBatch::from_file(&file, task)
+                .with_context(|| format!("inputs {}", args.inputs.display()))?;
+            run_on(device, PretrainForward { args: &args, batch })??
         }
     };
     println!("wrote {n} tensors to {}", args.out.display());

@@ -72,6 +72,20 @@ pub enum DataError {
     #[error("tokenizer {}: {reason}", path.display())]
     Tokenizer { path: PathBuf, reason: String },
 
+    /// A pre-training setting is unusable (task mixture, sampler, task name, RNG state).
+    #[error("invalid pre-training setting: {0}")]
+    PretrainConfig(String),
+
+    /// A record cannot serve a pre-training task (a caption without word pieces for MLM, an
+    /// image without boxes for region masking); the reference would crash on it.
+    #[error("{task}: caption '{key}' in {} cannot be used: {reason}", db.display())]
+    Unusable {
+        task: &'static str,
+        key: String,
+        db: PathBuf,
+        reason: String,
+    },
+
     /// Inputs handed to a collate function are inconsistent.
     #[error("cannot collate batch: {0}")]
     Batch(String),

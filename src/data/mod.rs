@@ -11,6 +11,7 @@
 //! | [`tokenizer`] | BERT cased WordPiece for free text (queries, db parity) | spec §4.2, §13 |
 //! | [`dataset`] | the eval item list (one item per caption, id2len order) | spec §4.4, §7 |
 //! | [`collate`] | padded text / image batches as `itm_fast_collate` builds them | spec §4.4 |
+//! | [`pretrain`] | pre-training recipe: CPython RNG, masking, token buckets, task mixture, task batches | spec §4.5, §6.1 – §6.3 |
 //! | [`writer`] | building LMDBs (tests, format conversion); never used by the readers | - |
 //!
 //! All fallible calls return [`DataError`], whose `Display` is one line naming the file or key.
@@ -22,6 +23,7 @@ mod error;
 pub mod img_db;
 mod json;
 mod lmdb;
+pub mod pretrain;
 pub mod tokenizer;
 pub mod txt_db;
 pub mod writer;

@@ -4,6 +4,7 @@ mod biencoder;
 mod config;
 mod embeddings;
 mod image;
+mod pretrain;
 mod projection;
 mod stages;
 mod text;
@@ -17,6 +18,11 @@ pub use config::{
 };
 pub use embeddings::{ImageEmbeddings, TextEmbeddings};
 pub use image::{ImageEncoder, RegionBatch};
+pub use pretrain::{
+    BiEncoderForPretraining, ClsConcat, FeatRegression, ItmOutput, MlmHead, MlmOutput, MrmHidden,
+    PretrainHeads, PretrainInput, PretrainTask, REGION_CLASSES, RegionClassifier, TaskOutput,
+    cross_entropy, kl_elementwise, mrc_targets,
+};
 pub use projection::{ProjectionHead, ProjectionStages};
 pub use stages::{NamedTensor, TowerStages};
 pub use text::TextEncoder;

@@ -11,7 +11,8 @@
 //! p -= lr · sqrt(1-b2^t)/(1-b1^t) · m / (sqrt(v) + eps);  p -= lr·wd·p (wd = 0 here)
 //! ```
 //!
-//! with `t` counted per parameter; parameters without a gradient (poolers, `mask_embedding`)
+//! with `t` counted per parameter ([`HfAdamW::uniter`] is the same update with pre-training's
+//! betas, eps and name-based weight decay); parameters without a gradient (poolers, `mask_embedding`)
 //! are left untouched and keep no state. When the model holds half-precision weights, the
 //! moments and an f32 master copy of every parameter live here (apex O2's arrangement).
 //!
@@ -20,7 +21,7 @@
 //! with the weights (burn-train's own checkpointer writes each file in place from a background
 //! thread, which a `kill -9` can leave half-written).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -70,6 +71,8 @@ pub struct HfAdamW<B: AutodiffBackend> {
     weight_decay: f64,
     /// 0 disables clipping (the reference's `max_grad_norm <= 0`).
     max_grad_norm: f64,
+    /// Parameters exempt from weight decay (UNITER's name-based groups).
+    no_decay: Arc<HashSet<ParamId>>,
     state: Arc<Mutex<AdamState<B::InnerBackend>>>,
 }
 
@@ -82,10 +85,30 @@ impl<B: AutodiffBackend> HfAdamW<B> {
             eps: 1e-8,
             weight_decay: 0.0,
             max_grad_norm,
+            no_decay: Arc::default(),
             state: Arc::new(Mutex::new(AdamState {
                 moments: HashMap::new(),
                 last_grad_norm: None,
             })),
+        }
+    }
+
+    /// UNITER's `AdamW` of pretrain.py (spec §6.5): betas `(beta1, beta2)` (0.9/0.98 in the
+    /// config), eps 1e-6, decoupled `weight_decay` applied after the Adam update, skipped for
+    /// `no_decay` (the parameters whose PyTorch name contains `bias` or `LayerNorm.weight`).
+    pub fn uniter(
+        max_grad_norm: f64,
+        betas: (f64, f64),
+        weight_decay: f64,
+        no_decay: HashSet<ParamId>,
+    ) -> Self {
+        Self {
+            beta1: betas.0,
+            beta2: betas.1,
+            eps: 1e-6,
+            weight_decay,
+            no_decay: Arc::new(no_decay),
+            ..Self::new(max_grad_norm)
         }
     }
 
@@ -211,6 +234,7 @@ pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
 
 struct AdamMapper<'a, B: AutodiffBackend> {
     settings: [f64; 4],
+    no_decay: &'a HashSet<ParamId>,
     state: &'a mut AdamState<B::InnerBackend>,
     grads: &'a mut GradientsParams,
     lr: f64,
@@ -228,7 +252,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for AdamMapper<'_, B> {
         let shape = value.shape();
         let dtype = value.dtype();
         let n = shape.num_elements();
-        let [beta1, beta2, eps, weight_decay] = self.settings;
+        let [beta1, beta2, eps, mut weight_decay] = self.settings;
+        if self.no_decay.contains(&id) {
+            weight_decay = 0.0;
+        }
 
         let mut g = grad.reshape([n]).cast(FloatDType::F32);
         if self.clip < 1.0 {
@@ -307,8 +334,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Optimizer<M, B> for HfAdamW<B> {
         let settings = [self.beta1, self.beta2, self.eps, self.weight_decay];
         let mut state = self.lock();
         state.last_grad_norm = Some(norm);
+        let no_decay = self.no_decay.clone();
         let mut mapper = AdamMapper {
             settings,
+            no_decay: &no_decay,
             state: &mut state,
             grads: &mut grads,
             lr,
