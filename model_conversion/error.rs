@@ -40,6 +40,10 @@ pub enum ConvertError {
     ModelDir { path: String, reason: String },
     #[error("{path}: not a usable UNITER cross-encoder checkpoint: {reason}")]
     NotUniter { path: String, reason: String },
+    #[error("{path}: cannot write PyTorch checkpoint: {reason}")]
+    Write { path: String, reason: String },
+    #[error("cannot map the model to PyTorch keys: {0}")]
+    Export(String),
     #[error(transparent)]
     Config(#[from] crate::model::ConfigError),
     #[error("applying weights failed: {0}")]

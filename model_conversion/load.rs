@@ -54,21 +54,22 @@ impl Param {
     }
 }
 
+/// Linear weights are stored `[in, out]` in burn, `[out, in]` in PyTorch.
+pub(super) fn is_linear_weight(s: &TensorSnapshot) -> bool {
+    let name = s.path_stack.as_ref().and_then(|p| p.last());
+    s.module_type().as_deref() == Some("Struct:Linear")
+        && name.map(String::as_str) == Some("weight")
+        && s.shape.len() == 2
+}
+
 pub(super) fn model_params<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Param> {
     module
         .collect(None, None, false)
         .into_iter()
         .map(|s| {
-            let module_type = s.module_type().unwrap_or_default();
-            let name = s
-                .path_stack
-                .as_ref()
-                .and_then(|p| p.last())
-                .cloned()
-                .unwrap_or_default();
             let param = Param {
                 shape: s.shape.to_vec(),
-                transpose: module_type == "Struct:Linear" && name == "weight" && s.shape.len() == 2,
+                transpose: is_linear_weight(&s),
                 container_stack: s.container_stack.clone().unwrap_or_default(),
                 id: s.tensor_id.unwrap_or_default(),
             };

@@ -95,9 +95,20 @@ pub fn load_pretraining_source<B: Backend>(
     source: &ModelSource,
     device: &B::Device,
 ) -> Result<(BiEncoderForPretraining<B>, BiEncoderConfig, HeadsSource), ConvertError> {
+    load_pretraining_source_with(source, |c| c, device)
+}
+
+/// [`load_pretraining_source`], passing the resolved config through `adjust` before the model
+/// is built (e.g. to set the run's dropout).
+pub fn load_pretraining_source_with<B: Backend>(
+    source: &ModelSource,
+    adjust: impl Fn(BiEncoderConfig) -> BiEncoderConfig,
+    device: &B::Device,
+) -> Result<(BiEncoderForPretraining<B>, BiEncoderConfig, HeadsSource), ConvertError> {
     let path = &source.checkpoint;
     if ModelDir::is_model_dir(path) {
-        let md = ModelDir::open(path)?;
+        let mut md = ModelDir::open(path)?;
+        md.config = adjust(md.config);
         let bert = md.load::<B>(path, device)?;
         let model = BiEncoderForPretraining::with_biencoder(bert, &md.config, device);
         let heads_file = path.join(format!("{HEADS_RECORD}.mpk"));
@@ -120,7 +131,7 @@ pub fn load_pretraining_source<B: Backend>(
         source.load::<B>(device)?;
     }
     let ckpt = Checkpoint::open(path)?;
-    let cfg = source.resolve_config(&ckpt)?;
+    let cfg = adjust(source.resolve_config(&ckpt)?);
     let (model, _, heads) = load_pretraining(&ckpt, &cfg, device, source.options)?;
     Ok((model, cfg, heads))
 }

@@ -3,12 +3,14 @@
 mod convert;
 mod demo;
 mod eval;
+mod export;
 mod forward;
 mod index;
 mod inspect;
 mod rerank;
 mod search;
 mod serve;
+mod pretrain;
 mod train;
 
 use std::io::IsTerminal;
@@ -44,6 +46,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Convert a PyTorch checkpoint into a model directory (burn record + configs).
     Convert(convert::ConvertArgs),
+    /// Write a model back to a PyTorch checkpoint in the reference's layouts (--layout).
+    Export(export::ExportArgs),
     /// Run both towers on a batch (reference collate form) and write every stage.
     Forward(forward::ForwardArgs),
     /// Encode every image (and caption) of the dbs once into an index directory.
@@ -54,6 +58,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Fine-tune on Flickr30k / COCO (like train_itm.py): dashboard, best/last checkpoints, resume.
     Train(train::TrainArgs),
+    /// Pre-train with VMLM, SMRM (MRFR, MRC-KL) and CMR (like pretrain.py): dashboard, checkpoints, resume.
+    Pretrain(pretrain::PretrainArgs),
 }
 
 /// How to find and size the model; shared by every command that loads one.
@@ -113,11 +119,13 @@ pub fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a, cli.device),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a, cli.device),
+        Command::Export(a) => export::run(a),
         Command::Forward(a) => forward::run(a, cli.device),
         Command::Index(a) => index::run(a, cli.device),
         Command::Search(a) => search::run(a, cli.device),
         Command::Serve(a) => serve::run(a, cli.device),
         Command::Train(a) => train::run(a, cli.device),
+        Command::Pretrain(a) => pretrain::run(a, cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,11 +92,11 @@ fn parse_sampling(s: &str) -> Result<String, String> {
     s.parse::<Sampling>().map(|_| s.to_string())
 }
 
-fn parse_precision(s: &str) -> Result<Precision, String> {
+pub(crate) fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse()
 }
 
-fn parse_dashboard(s: &str) -> Result<Dashboard, String> {
+pub(crate) fn parse_dashboard(s: &str) -> Result<Dashboard, String> {
     match s {
         "auto" => Ok(Dashboard::Auto),
         "tui" => Ok(Dashboard::Tui),

@@ -28,19 +28,50 @@ pub fn with_dropout(mut cfg: BiEncoderConfig, p: f64) -> BiEncoderConfig {
     cfg
 }
 
+/// What the initial bi-encoder is built from (the fields of a fine-tune or pre-training config
+/// that name weights and sizes).
+#[derive(Debug, Clone)]
+pub struct ModelInit<'a> {
+    pub init: &'a Init,
+    pub img_config: Option<&'a str>,
+    pub txt_config: Option<&'a str>,
+    pub project_dim: Option<usize>,
+    pub dropout: f64,
+}
+
+impl<'a> From<&'a TrainSettings> for ModelInit<'a> {
+    fn from(s: &'a TrainSettings) -> Self {
+        Self {
+            init: &s.init,
+            img_config: s.img_config.as_deref(),
+            txt_config: s.txt_config.as_deref(),
+            project_dim: s.project_dim,
+            dropout: s.dropout,
+        }
+    }
+}
+
 /// Builds the initial model on `device`; also returns a one-line description of the source.
 pub fn initial_model<B: Backend>(
     s: &TrainSettings,
     device: &B::Device,
 ) -> Result<(BiEncoder<B>, BiEncoderConfig, String), TrainError> {
-    match &s.init {
+    initial_model_with(&ModelInit::from(s), device)
+}
+
+/// [`initial_model`] from its parts.
+pub fn initial_model_with<B: Backend>(
+    s: &ModelInit<'_>,
+    device: &B::Device,
+) -> Result<(BiEncoder<B>, BiEncoderConfig, String), TrainError> {
+    match s.init {
         Init::Biencoder(path) => load_biencoder_source(s, path, device),
         Init::Towers { img, txt } => {
-            let img_cfg = match &s.img_config {
+            let img_cfg = match s.img_config {
                 Some(c) => EncoderConfig::resolve(c).map_err(ConvertError::from)?,
                 None => EncoderConfig::uniter_base(),
             };
-            let txt_cfg = match &s.txt_config {
+            let txt_cfg = match s.txt_config {
                 Some(c) => EncoderConfig::resolve(c).map_err(ConvertError::from)?,
                 None => EncoderConfig::bert_base_cased(),
             };
@@ -96,7 +127,7 @@ pub fn initial_model<B: Backend>(
 }
 
 fn load_biencoder_source<B: Backend>(
-    s: &TrainSettings,
+    s: &ModelInit<'_>,
     path: &Path,
     device: &B::Device,
 ) -> Result<(BiEncoder<B>, BiEncoderConfig, String), TrainError> {
@@ -112,8 +143,8 @@ fn load_biencoder_source<B: Backend>(
     }
     let source = ModelSource {
         checkpoint: path.to_path_buf(),
-        img_config: s.img_config.clone(),
-        txt_config: s.txt_config.clone(),
+        img_config: s.img_config.map(str::to_string),
+        txt_config: s.txt_config.map(str::to_string),
         project_dim: s.project_dim,
         options: LoadOptions::default(),
     };

@@ -109,13 +109,13 @@ impl TrainSummary {
 /// Appends run notes to `OUTPUT_DIR/train.log`, and logs them unless the dashboard owns the
 /// terminal (stderr lines would tear its screen).
 #[derive(Clone)]
-struct Notes {
+pub(crate) struct Notes {
     file: Arc<Mutex<Option<std::fs::File>>>,
     quiet: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Notes {
-    fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -127,11 +127,11 @@ impl Notes {
         }
     }
 
-    fn set_quiet(&self, q: bool) {
+    pub(crate) fn set_quiet(&self, q: bool) {
         self.quiet.store(q, Ordering::SeqCst);
     }
 
-    fn info(&self, msg: &str) {
+    pub(crate) fn info(&self, msg: &str) {
         if let Ok(mut f) = self.file.lock()
             && let Some(f) = f.as_mut()
         {
@@ -397,7 +397,7 @@ impl<B: AutodiffBackend> EpochLoop<B> {
 }
 
 /// Hard-links every file of `src` into a new tree `dst` (same file system: instant, no copy).
-fn link_tree(src: &Path, dst: &Path) -> Result<(), TrainError> {
+pub(crate) fn link_tree(src: &Path, dst: &Path) -> Result<(), TrainError> {
     std::fs::create_dir_all(dst).map_err(|e| TrainError::output(dst, e))?;
     for entry in std::fs::read_dir(src).map_err(|e| TrainError::output(src, e))? {
         let entry = entry.map_err(|e| TrainError::output(src, e))?;
@@ -492,7 +492,7 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<ItmComponents<B>> for EpochL
 }
 
 /// `OUTPUT_DIR/run.json`: written by the first run; a rerun must resolve to the same settings.
-fn check_run_file(out: &OutputDir, s: &TrainSettings) -> Result<(), TrainError> {
+pub(crate) fn check_run_file<T: serde::Serialize>(out: &OutputDir, s: &T) -> Result<(), TrainError> {
     let p = out.path(RUN_FILE);
     // Compare in the file's form (f32 fields print shortest, e.g. conf_th 0.2).
     let new: serde_json::Value = serde_json::to_string(s)
@@ -560,7 +560,7 @@ fn check_token_ranges<'a>(
 }
 
 /// Makes bf16 the device's default float type (before any tensor exists on it).
-fn set_bf16<B: Backend>(device: &B::Device) -> Result<(), TrainError> {
+pub(crate) fn set_bf16<B: Backend>(device: &B::Device) -> Result<(), TrainError> {
     burn::tensor::set_default_dtypes::<B>(
         device,
         burn::tensor::FloatDType::BF16,

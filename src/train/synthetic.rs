@@ -97,6 +97,10 @@ fn write_images(dir: &Path, spec: &SyntheticSpec, rng: &mut SplitMix64) -> Resul
                     ("norm_bb".into(), arr(vec![spec.boxes, 6], boxes)),
                     ("features".into(), arr(vec![spec.boxes, IMG_DIM], features)),
                     ("conf".into(), arr(vec![spec.boxes], vec![0.9; spec.boxes])),
+                    (
+                        "soft_labels".into(),
+                        arr(vec![spec.boxes, CLASSES], soft_labels(i, spec.boxes)),
+                    ),
                 ],
             },
         ));
@@ -113,6 +117,21 @@ fn write_images(dir: &Path, spec: &SyntheticSpec, rng: &mut SplitMix64) -> Resul
         &dir.join("nbb_th0.2_max100_min10.json"),
         &Value::Object(nbb).to_string(),
     )
+}
+
+/// Detector classes of the soft labels (background + 1600, as BUTD).
+const CLASSES: usize = 1601;
+
+/// Soft labels of image `i`'s regions, learnable from the signature: 0.2 background, 0.6 on
+/// the image's class, 0.2 on the next one (no random draws: the other fields' streams stay
+/// as they were before soft labels existed).
+fn soft_labels(i: usize, boxes: usize) -> Vec<f32> {
+    let class = 1 + (i * 37) % (CLASSES - 2);
+    let mut row = vec![0f32; CLASSES];
+    row[0] = 0.2;
+    row[class] = 0.6;
+    row[class + 1] = 0.2;
+    row.repeat(boxes)
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), DataError> {
@@ -183,7 +202,8 @@ pub fn tiny_encoder_config() -> Value {
     })
 }
 
-/// Writes the task into `dir` and returns the fine-tune config's path. `overrides` (a JSON
+/// Writes the task into `dir` and returns the fine-tune config's path (a pre-training config
+/// over the same dbs: `crate::pretrain::synthetic`). `overrides` (a JSON
 /// object) replaces fields of the written config.
 pub fn write_synthetic(
     dir: &Path,
