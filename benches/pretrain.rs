@@ -15,10 +15,14 @@
 //! `cargo bench --bench pretrain` (Python: `LIGHTNINGDOT_PYTHON` or `.venv/bin/python`; without
 //! Python / torch only the lightningdot numbers are printed). Knobs:
 //! `LIGHTNINGDOT_BENCH_QUICK=1` (tiny towers: 2 layers, hidden 64; 1 warm-up + 2 timed steps),
-//! `LIGHTNINGDOT_BENCH_STEPS` (timed steps per task, default 5), `LIGHTNINGDOT_BENCH_WARMUP`
-//! (default 2), `LIGHTNINGDOT_BENCH_PAIRS` (default 8), `LIGHTNINGDOT_BENCH_TXT_LEN` (default
-//! 24), `LIGHTNINGDOT_BENCH_BOXES` (default 36), `LIGHTNINGDOT_BENCH_TASKS` (default
-//! `mlm,mrfr,mrckl,itm`; `mrc` also works).
+//! `LIGHTNINGDOT_BENCH_STEPS` (timed steps per task, default 3), `LIGHTNINGDOT_BENCH_WARMUP`
+//! (untimed steps before them, default 1), `LIGHTNINGDOT_BENCH_PAIRS` (default 8),
+//! `LIGHTNINGDOT_BENCH_TXT_LEN` (default 24), `LIGHTNINGDOT_BENCH_BOXES` (default 36),
+//! `LIGHTNINGDOT_BENCH_TASKS` (default `mlm,mrfr,mrckl,itm`; `mrc` also works).
+//!
+//! Full size on a 2-core machine: about 10-25 s per step and side, so roughly 5-15 minutes for
+//! the default 4 tasks x (1 + 3) steps on both sides; peak memory ~2.7 GB (burn) and ~4.5 GB
+//! (PyTorch), one after the other (PyTorch runs first and exits before the burn model is built).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -240,8 +244,8 @@ fn main() {
         txt_len: env_usize("LIGHTNINGDOT_BENCH_TXT_LEN", 24).max(3),
         boxes: env_usize("LIGHTNINGDOT_BENCH_BOXES", 36).max(1),
     };
-    let steps = env_usize("LIGHTNINGDOT_BENCH_STEPS", if quick { 2 } else { 5 }).max(1);
-    let warmup = env_usize("LIGHTNINGDOT_BENCH_WARMUP", if quick { 1 } else { 2 });
+    let steps = env_usize("LIGHTNINGDOT_BENCH_STEPS", if quick { 2 } else { 3 }).max(1);
+    let warmup = env_usize("LIGHTNINGDOT_BENCH_WARMUP", 1);
     let tasks: Vec<PretrainTask> = std::env::var("LIGHTNINGDOT_BENCH_TASKS")
         .unwrap_or_else(|_| "mlm,mrfr,mrckl,itm".into())
         .split(',')
@@ -257,7 +261,10 @@ fn main() {
             tiny(EncoderConfig::bert_base_cased()),
         )
     } else {
-        (EncoderConfig::uniter_base(), EncoderConfig::bert_base_cased())
+        (
+            EncoderConfig::uniter_base(),
+            EncoderConfig::bert_base_cased(),
+        )
     };
     let cfg = BiEncoderConfig {
         project_dim: img.hidden_size,
@@ -291,11 +298,7 @@ fn main() {
         "lightningdot-pretrainbench-{}.json",
         std::process::id()
     ));
-    let task_list = tasks
-        .iter()
-        .map(|t| t.name())
-        .collect::<Vec<_>>()
-        .join(",");
+    let task_list = tasks.iter().map(|t| t.name()).collect::<Vec<_>>().join(",");
     eprintln!("running the PyTorch baseline ({python}) ...");
     let t = Instant::now();
     let status = Command::new(&python)
@@ -344,6 +347,7 @@ fn main() {
     let mut optim = HfAdamW::<TB>::uniter(5.0, (0.9, 0.98), 0.01, no_decay);
     let mut sched = WarmupLinear::new(SCHEDULE.0, SCHEDULE.1, SCHEDULE.2);
     let build_s = t.elapsed().as_secs_f64();
+    let num_params = model.num_params();
     let mut ours = BTreeMap::new();
     for (&task, hb) in tasks.iter().zip(&batches) {
         let input = hb.to_device::<TB>(&device);
@@ -449,12 +453,23 @@ fn main() {
         "peak RSS: lightningdot {rss:.0} MB, PyTorch {py_rss}; wall time incl. model build: \
          lightningdot {ours_wall:.0}s, PyTorch {py_wall:.0}s (incl. interpreter start-up)"
     );
+    let py_params = py
+        .as_ref()
+        .and_then(|v| v["params"].as_u64())
+        .map(|n| format!("{:.1}M", n as f64 / 1e6))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "parameters: lightningdot {:.1}M, PyTorch {py_params} (both towers incl. poolers, heads, \
+         mask_embedding)",
+        num_params as f64 / 1e6
+    );
     match (&py, &py_note) {
         (Some(v), _) => println!(
             "ratio = lightningdot / PyTorch time per step (below 1.0 = faster); tok/s = tokens / \
              (time per step). Both on {threads} CPU thread(s): burn-flex, and PyTorch {} \
-             (transformers {}, attention {}) with torch.set_num_threads({}); one model and \
-             optimizer carried across the tasks in this order.",
+             (transformers {}, attention {}) with torch.set_num_threads({}); AdamW: \
+             HfAdamW::uniter vs torch.optim.AdamW (its default CPU implementation); one model \
+             and optimizer carried across the tasks in this order.",
             v["torch"].as_str().unwrap_or("?"),
             v["transformers"].as_str().unwrap_or("?"),
             v["attn_implementation"].as_str().unwrap_or("?"),

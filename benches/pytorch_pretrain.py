@@ -12,7 +12,7 @@ eps 1e-6, weight decay 0.01 except names with "bias" / "LayerNorm.weight") at th
 Exact numerical parity with the Rust side is not the point, only the same work.
 
 Usage: python benches/pytorch_pretrain.py --out RESULT.json [--pairs 8] [--txt-len 24]
-       [--boxes 36] [--warmup 2] [--steps 5] [--threads N] [--tasks mlm,mrfr,mrckl,itm]
+       [--boxes 36] [--warmup 1] [--steps 3] [--threads N] [--tasks mlm,mrfr,mrckl,itm]
        [--hidden 768 --layers 12 --heads 12 --ffn 3072 --vocab 28996 --project-dim 768]
 """
 
@@ -263,8 +263,8 @@ def main():
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--txt-len", type=int, default=24)
     ap.add_argument("--boxes", type=int, default=36)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tasks", default="mlm,mrfr,mrckl,itm")
     ap.add_argument("--hidden", type=int, default=768)

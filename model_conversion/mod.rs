@@ -25,8 +25,7 @@ pub use export::{
 };
 pub use keymap::{
     TIED_PRETRAIN_KEYS, biencoder_key_to_burn, pretrain_key_to_burn, pretrain_no_decay,
-    uniter_itm_key_to_burn,
-    uniter_key_to_image_tower,
+    uniter_itm_key_to_burn, uniter_key_to_image_tower,
 };
 pub use load::{
     LoadOptions, LoadReport, load_biencoder, load_image_tower, manifest_coverage, param_ids,

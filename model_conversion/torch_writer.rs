@@ -13,10 +13,11 @@
 //! ```
 //!
 //! Entries are stored (not deflated) and each member's data starts on a 64-byte boundary, as
-//! torch ≥ 2.1 writes them (needed only for `torch.load(mmap=True)`). torch's optional
-//! `.data/serialization_id`, `.format_version` and `.storage_alignment` records are left out:
-//! `torch.load` does not need them. Two tensors naming the same storage load as views of one
-//! storage, which is how `torch.save` stores tied parameters.
+//! torch writes them: `torch.load` reads unaligned members too (plain and `mmap=True`, checked
+//! with torch 2.15), but aligned storages keep memory-mapped tensors naturally aligned. torch's
+//! optional `.data/serialization_id`, `.format_version` and `.storage_alignment` records are left
+//! out; `torch.load` does not need them. Two tensors naming the same storage load as views of
+//! one storage, which is how `torch.save` stores tied parameters.
 
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};

@@ -107,14 +107,7 @@ fn run_train_cuda<T: TrainTask>(
     index: usize,
     task: T,
 ) -> Result<T::Output, DeviceError> {
-    let count = cuda_device_count().map_err(|reason| DeviceError::Unavailable { spec, reason })?;
-    if index >= count {
-        return Err(DeviceError::Unavailable {
-            spec,
-            reason: format!("{count} CUDA device(s) found"),
-        });
-    }
-    let device = burn::backend::cuda::CudaDevice::new(index);
+    let device = cuda_device(spec, index)?;
     Ok(task.run::<burn::backend::Autodiff<CudaBackend>>(device))
 }
 
@@ -133,6 +126,16 @@ fn run_cuda<T: BackendTask>(
     index: usize,
     task: T,
 ) -> Result<T::Output, DeviceError> {
+    let device = cuda_device(spec, index)?;
+    Ok(task.run::<CudaBackend>(device))
+}
+
+/// CUDA device `index` after checking that the driver loads and the device exists.
+#[cfg(feature = "cuda")]
+fn cuda_device(
+    spec: DeviceSpec,
+    index: usize,
+) -> Result<burn::backend::cuda::CudaDevice, DeviceError> {
     let count = cuda_device_count().map_err(|reason| DeviceError::Unavailable { spec, reason })?;
     if index >= count {
         return Err(DeviceError::Unavailable {
@@ -140,20 +143,23 @@ fn run_cuda<T: BackendTask>(
             reason: format!("{count} CUDA device(s) found"),
         });
     }
-    let device = burn::backend::cuda::CudaDevice::new(index);
-    Ok(task.run::<CudaBackend>(device))
+    Ok(burn::backend::cuda::CudaDevice::new(index))
 }
 
 /// Number of CUDA devices, or why the driver cannot be used. burn-cuda panics when libcuda is
 /// missing, so the driver is probed first (cudarc also panics when it cannot load the library).
 #[cfg(feature = "cuda")]
 pub fn cuda_device_count() -> Result<usize, String> {
+    // The default hook would print cudarc's panic before our one-line error.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let probe = std::panic::catch_unwind(|| {
         cudarc::driver::result::init().map_err(|e| format!("CUDA driver init failed: {e:?}"))?;
         cudarc::driver::result::device::get_count()
             .map(|n| n as usize)
             .map_err(|e| format!("cannot count CUDA devices: {e:?}"))
     });
+    std::panic::set_hook(hook);
     match probe {
         Ok(r) => r,
         Err(_) => Err("the CUDA driver library (libcuda.so) could not be loaded".into()),

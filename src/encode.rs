@@ -24,6 +24,22 @@ pub(crate) fn floats<B: Backend>(
         .reshape(shape)
 }
 
+/// A `[rows, cols]` host tensor on the device.
+pub(crate) fn host_ints<B: Backend>(
+    t: &crate::tensor_io::HostTensor<i64>,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    ints(&t.values, [t.shape[0], t.shape[1]], device)
+}
+
+/// A `[d0, d1, d2]` host tensor on the device.
+pub(crate) fn host_floats<B: Backend>(
+    t: &crate::tensor_io::HostTensor<f32>,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    floats(&t.values, [t.shape[0], t.shape[1], t.shape[2]], device)
+}
+
 /// Device tensors of a text batch: `input_ids`, `attention_mask`, both `[batch, len]`.
 pub fn text_tensors<B: Backend>(
     batch: &TextBatch,

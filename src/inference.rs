@@ -3,6 +3,8 @@
 
 use burn::prelude::*;
 
+use crate::encode::{host_floats, host_ints};
+
 use crate::model::{
     BiEncoder, BiEncoderConfig, IMG_FEAT_DIM, IMG_POS_DIM, NamedTensor, RegionBatch, dot_scores,
 };
@@ -122,22 +124,14 @@ impl HostBatch {
     }
 }
 
-fn int2<B: Backend>(t: &HostTensor<i64>, device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::<B, 1, Int>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
-        .reshape([t.shape[0], t.shape[1]])
-}
 
-fn float3<B: Backend>(t: &HostTensor<f32>, device: &B::Device) -> Tensor<B, 3> {
-    Tensor::<B, 1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
-        .reshape([t.shape[0], t.shape[1], t.shape[2]])
-}
 
 /// Moves the image half of a batch to the device.
 pub fn region_batch<B: Backend>(batch: &HostBatch, device: &B::Device) -> RegionBatch<B> {
     RegionBatch {
-        img_feat: float3(&batch.img_feat, device),
-        img_pos_feat: float3(&batch.img_pos_feat, device),
-        attention_mask: int2(&batch.img_attention_mask, device),
+        img_feat: host_floats(&batch.img_feat, device),
+        img_pos_feat: host_floats(&batch.img_pos_feat, device),
+        attention_mask: host_ints(&batch.img_attention_mask, device),
         img_masks: None,
     }
 }
@@ -150,8 +144,8 @@ pub fn forward_stages<B: Backend>(
     batch: &HostBatch,
     device: &B::Device,
 ) -> Vec<(String, HostTensor<f32>)> {
-    let ids = int2(&batch.txt_input_ids, device);
-    let mask = int2(&batch.txt_attention_mask, device);
+    let ids = host_ints(&batch.txt_input_ids, device);
+    let mask = host_ints(&batch.txt_attention_mask, device);
     let txt = model.text.forward_stages(ids, mask);
     let regions = region_batch(batch, device);
     let (img, cls, boxes) = model.image.forward_stages(&regions);

@@ -21,23 +21,6 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Asserts failure with one `error:` line that contains `needle`, and no panic.
-fn assert_clean_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "want one error line: {stderr}");
-    assert!(
-        errors[0].contains(needle),
-        "{needle:?} not in {:?}",
-        errors[0]
-    );
-}
-
 fn tiny_model_args(f: &Path) -> Vec<String> {
     vec![
         "--img-config".into(),

@@ -13,9 +13,9 @@ use std::process::{Command, Output};
 use common::*;
 use half::f16;
 use lightningdot::conversion::{
-    Checkpoint, Layout, LoadOptions, TIED_PRETRAIN_KEYS, biencoder_export_keys,
+    Checkpoint, Layout, LoadOptions, RecordPrecision, TIED_PRETRAIN_KEYS, biencoder_export_keys,
     export_biencoder_pt, export_pretraining_pt, load_biencoder, load_pretraining,
-    pretraining_export_keys,
+    pretraining_export_keys, write_pretrain_dir,
 };
 use lightningdot::device::CpuBackend;
 use lightningdot::model::{
@@ -425,6 +425,39 @@ fn cli_export_then_forward() {
         let d = max_abs_diff(name, &got.f32(name).unwrap(), &want.f32(name).unwrap());
         assert!(d <= 1e-4, "{name}: {d}");
     }
+}
+
+/// A pre-training directory (bi-encoder record + heads.mpk) exports to the pre-training layout by
+/// default, byte for byte what the library writes for the model it holds.
+#[test]
+fn cli_exports_a_pretraining_directory() {
+    let source = tiny_source(PRETRAIN);
+    let ckpt = Checkpoint::open(&source.checkpoint).unwrap();
+    let cfg = source.resolve_config(&ckpt).unwrap();
+    let model = load_pretrain_model(&source.checkpoint);
+    let tmp = tempfile::tempdir().unwrap();
+    let direct = tmp.path().join("a/model.pt");
+    std::fs::create_dir_all(direct.parent().unwrap()).unwrap();
+    export_pretraining_pt(&model, &direct, false).unwrap();
+    let dir = tmp.path().join("pretrain-dir");
+    write_pretrain_dir(model, &cfg, RecordPrecision::F32, &dir, false, None).unwrap();
+
+    let out = tmp.path().join("b/model.pt");
+    let stdout = run_ok(&[
+        "export".into(),
+        "--checkpoint".into(),
+        s(&dir),
+        "--out".into(),
+        s(&out),
+    ]);
+    assert!(
+        stdout.contains("pretraining layout, 121 tensors"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&direct).unwrap()
+    );
 }
 
 #[test]

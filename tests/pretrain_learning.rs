@@ -50,7 +50,11 @@ fn every_task_loss_goes_down() {
     };
     let summary = run::<TB>(&plan, &opts, Default::default()).unwrap();
     assert!(summary.complete());
-    assert_eq!(summary.checkpoints.len(), 4, "200 updates, a checkpoint every 50");
+    assert_eq!(
+        summary.checkpoints.len(),
+        4,
+        "200 updates, a checkpoint every 50"
+    );
     let after = summary.checkpoints.last().unwrap().val.clone().unwrap();
     for (task, b) in &before.tasks {
         let a = &after.tasks[task];
@@ -100,4 +104,17 @@ fn every_task_loss_goes_down() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{}", String::from_utf8_lossy(&out.stdout));
+
+    // Fine-tuning starts from it like from any bi-encoder (the heads are not part of it).
+    let init = lightningdot::train::Init::Biencoder(last.clone());
+    let mi = ModelInit {
+        init: &init,
+        img_config: None,
+        txt_config: None,
+        project_dim: None,
+        dropout: 0.1,
+    };
+    let (_, cfg, what) = initial_model_with::<CpuBackend>(&mi, &Default::default()).unwrap();
+    assert_eq!(cfg.project_dim, 32);
+    println!("fine-tuning init: {what}");
 }

@@ -16,8 +16,8 @@ use burn::prelude::*;
 use burn_store::ModuleSnapshot;
 use common::*;
 use lightningdot::conversion::{
-    Checkpoint, LoadOptions, TIED_PRETRAIN_KEYS, load_pretraining, manifest_coverage,
-    param_ids, pretrain_key_to_burn, pretrain_no_decay, resolve_path,
+    Checkpoint, LoadOptions, TIED_PRETRAIN_KEYS, load_pretraining, manifest_coverage, param_ids,
+    pretrain_key_to_burn, pretrain_no_decay, resolve_path,
 };
 use lightningdot::device::CpuBackend;
 use lightningdot::model::{
@@ -115,7 +115,11 @@ fn every_task_and_mode_matches_the_reference_outputs() {
             } else {
                 format!("{}.{m}.loss", task.name())
             };
-            let m = if task == PretrainTask::Itm { "plain" } else { m };
+            let m = if task == PretrainTask::Itm {
+                "plain"
+            } else {
+                m
+            };
             let exp = losses[json_key(task)][m]["loss"].as_f64().unwrap();
             let g = got[&key].values[0] as f64;
             let tol = 1e-5 + 1e-6 * exp.abs();
@@ -283,7 +287,10 @@ fn one_optimizer_step_matches_the_reference() {
     let model = optim.step(lr, model, grads);
     let norm = optim.last_grad_norm().unwrap();
     let exp_norm = want["total_grad_norm_before_clip"].as_f64().unwrap();
-    assert!((norm - exp_norm).abs() / exp_norm < 1e-4, "{norm} vs {exp_norm}");
+    assert!(
+        (norm - exp_norm).abs() / exp_norm < 1e-4,
+        "{norm} vs {exp_norm}"
+    );
 
     let after =
         TensorFile::open(&pretrain_dir().join("expected/optimizer_step_params_after.safetensors"))
@@ -346,8 +353,10 @@ fn lr_schedule_matches_the_reference_table() {
 #[test]
 fn full_size_pretraining_manifest_is_fully_covered() {
     let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("checkpoint-manifests/biencoder_pretraining.json"))
-            .unwrap(),
+        &std::fs::read_to_string(
+            fixtures().join("checkpoint-manifests/biencoder_pretraining.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let entries: Vec<(String, Vec<usize>)> = manifest["tensors"]

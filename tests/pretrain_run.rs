@@ -74,11 +74,17 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
         checkpoint: dir.to_path_buf(),
         ..Default::default()
     };
-    let (model, _, _) = load_pretraining_source::<CpuBackend>(&source, &Default::default()).unwrap();
+    let (model, _, _) =
+        load_pretraining_source::<CpuBackend>(&source, &Default::default()).unwrap();
     let mut v: Vec<(String, Vec<f32>)> = model
         .collect(None, None, false)
         .into_iter()
-        .map(|s| (s.full_path(), s.to_data().unwrap().into_vec::<f32>().unwrap()))
+        .map(|s| {
+            (
+                s.full_path(),
+                s.to_data().unwrap().into_vec::<f32>().unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -243,9 +249,7 @@ fn config_error(edit: Value) -> String {
 
 #[test]
 fn bad_configs_fail_with_one_clear_line() {
-    let ds = |tasks: Value, ratios: Value, db: &str| {
-        json!([{"name": "syn", "db": [db], "img": ["img"], "tasks": tasks, "mix_ratio": ratios}])
-    };
+    let ds = |tasks: Value, ratios: Value, db: &str| json!([{"name": "syn", "db": [db], "img": ["img"], "tasks": tasks, "mix_ratio": ratios}]);
     let four = json!(["itm", "mlm", "mrfr", "mrckl"]);
     let cases = [
         (
@@ -260,7 +264,10 @@ fn bad_configs_fail_with_one_clear_line() {
             json!({"train_datasets": ds(four.clone(), json!([1, 1]), "txt_train.db")}),
             "mix_ratio",
         ),
-        (json!({"train_datasets": []}), "train_datasets is missing or empty"),
+        (
+            json!({"train_datasets": []}),
+            "train_datasets is missing or empty",
+        ),
         (
             json!({"train_datasets": ds(four.clone(), json!([1, 1, 1, 1]), "no_such.db")}),
             "no_such.db",
@@ -269,7 +276,10 @@ fn bad_configs_fail_with_one_clear_line() {
         (json!({"cls_concat": "concat"}), "cls_concat"),
         (json!({"valid_steps": 0}), "valid_steps"),
         (json!({"teacher_checkpoint": "t.pt"}), "teacher_checkpoint"),
-        (json!({"img_checkpoint": "./data/mode/uniter-base.pt"}), "img_checkpoint not found"),
+        (
+            json!({"img_checkpoint": "./data/mode/uniter-base.pt"}),
+            "img_checkpoint not found",
+        ),
         (json!({"train_batch_size": 8}), "train_batch_size"),
     ];
     for (edit, want) in cases {
@@ -312,12 +322,20 @@ fn forward_cli_writes_every_fixture_output() {
             if !expected.contains(&name) || name == "mrc.target_class" {
                 continue;
             }
-            let d = common::max_abs_diff(&name, &got.f32(&name).unwrap(), &expected.f32(&name).unwrap());
+            let d = common::max_abs_diff(
+                &name,
+                &got.f32(&name).unwrap(),
+                &expected.f32(&name).unwrap(),
+            );
             assert!(d < 1e-4, "{name}: {d}");
             covered.insert(name);
         }
     }
-    assert_eq!(covered.len() + 1, expected.names().len(), "every expected output but target_class");
+    assert_eq!(
+        covered.len() + 1,
+        expected.names().len(),
+        "every expected output but target_class"
+    );
 
     // A batch of the wrong task and a mode for a non-pre-training task: one clear line each.
     let o = Command::new(env!("CARGO_BIN_EXE_lightningdot"))
@@ -337,4 +355,84 @@ fn forward_cli_writes_every_fixture_output() {
     assert!(!o.status.success());
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("imgs.img_masks"), "{err}");
+}
+
+#[test]
+fn the_reference_config_is_read_as_it_is() {
+    // The released config/pretrain-alldata-base.json, its /db and /img mounts under a data
+    // root (empty directories: nothing is opened before training starts).
+    let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/pretrain-alldata-base.json");
+    let raw: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    for d in raw["train_datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(raw["val_datasets"].as_array().unwrap())
+    {
+        for p in d["db"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(d["img"].as_array().unwrap())
+        {
+            let p = p.as_str().unwrap().trim_start_matches('/');
+            std::fs::create_dir_all(root.path().join(p)).unwrap();
+        }
+    }
+    // The config's img_checkpoint has the reference's typo (`data/mode/`).
+    std::fs::create_dir_all(root.path().join("data/model")).unwrap();
+    std::fs::write(root.path().join("data/model/uniter-base.pt"), b"").unwrap();
+    let bert = root.path().join("bert.bin");
+    std::fs::write(&bert, b"").unwrap();
+    let plan = PretrainPlan::resolve(
+        &cfg,
+        &PretrainOverrides {
+            data_root: Some(root.path().to_path_buf()),
+            txt_checkpoint: Some(bert),
+            output_dir: Some(root.path().join("out")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let s = &plan.settings;
+    assert_eq!(
+        s.cls_concat,
+        lightningdot::model::ClsConcat::Add,
+        "the paper's default"
+    );
+    assert_eq!(
+        (
+            s.train_batch_size,
+            s.gradient_accumulation_steps,
+            s.num_train_steps
+        ),
+        (10240, 6, 300_000)
+    );
+    assert_eq!(s.betas, (0.9, 0.98));
+    assert_eq!(s.train.len(), 4);
+    assert_eq!(s.train[0].dbs.len(), 2, "coco_cap: train + restval");
+    assert_eq!(s.val.len(), 4);
+    match &s.init {
+        lightningdot::train::Init::Towers { img: Some(p), .. } => {
+            assert!(p.ends_with("data/model/uniter-base.pt"), "{}", p.display())
+        }
+        other => panic!("{other:?}"),
+    }
+    // The mixture: 144 pool entries, CMR 64, VMLM 40, MRFR 20, MRC-KL 20 (spec §6.1).
+    let streams = s.task_streams();
+    assert_eq!(streams.len(), 16);
+    let total: usize = streams.iter().map(|x| x.3).sum();
+    assert_eq!(total, 144);
+    let share = |t: &str| -> usize {
+        streams
+            .iter()
+            .filter(|x| x.0.starts_with(&format!("{t}_")))
+            .map(|x| x.3)
+            .sum()
+    };
+    assert_eq!(
+        [share("itm"), share("mlm"), share("mrfr"), share("mrckl")],
+        [64, 40, 20, 20]
+    );
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use common::fixtures;
+use common::{assert_clean_error, fixtures};
 use fixture_index::*;
 use lightningdot::retrieval::{
     AnnInfo, BuildOptions, CandidateMode, ErrorClass, IndexMeta, PipelineOptions, Query, Reranker,
@@ -362,19 +362,6 @@ fn bin(args: &[&str]) -> Output {
 
 fn s(p: &Path) -> String {
     p.display().to_string()
-}
-
-fn assert_clean_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "want one error line: {stderr}");
-    assert!(
-        errors[0].contains(needle),
-        "{needle:?} not in {:?}",
-        errors[0]
-    );
 }
 
 #[test]

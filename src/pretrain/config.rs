@@ -10,6 +10,7 @@
 //! | `img_checkpoint` | `./data/mode/uniter-base.pt` (typo) fails to load | a missing path whose `/mode/` → `/model/` exists is used, with a warning |
 //! | `fp16` | apex O2 | see `--precision` (bf16; burn has no loss-scaled fp16 AMP) |
 //! | `teacher_checkpoint`, `itm_ot_lambda` > 0, `mrm-nce` | KD / OT / NCE branches | refused with a clear error |
+//! | `/db/…`, `/img/…` paths | docker mounts, remapped by `--txt_db_mapping` etc. | with `--data-root DIR`: `DIR/db/…`, `DIR/img/…` |
 
 use std::path::{Path, PathBuf};
 
@@ -174,7 +175,12 @@ pub struct PretrainPlan {
     pub output_dir: PathBuf,
 }
 
-fn positive(name: &str, ov: Option<usize>, v: Option<i64>, default: usize) -> Result<usize, String> {
+fn positive(
+    name: &str,
+    ov: Option<usize>,
+    v: Option<i64>,
+    default: usize,
+) -> Result<usize, String> {
     match (ov, v) {
         (Some(0), _) => Err(format!("--{} must be > 0", name.replace('_', "-"))),
         (Some(n), _) => Ok(n),
@@ -197,10 +203,14 @@ impl PretrainPlan {
         let err = |msg: String| PretrainError::Config(format!("{}: {msg}", config.display()));
 
         if raw.teacher_checkpoint.is_some() {
-            return Err(err("teacher_checkpoint (knowledge distillation) is not supported".into()));
+            return Err(err(
+                "teacher_checkpoint (knowledge distillation) is not supported".into(),
+            ));
         }
         if raw.itm_ot_lambda.is_some_and(|l| l != 0.0) {
-            return Err(err("itm_ot_lambda > 0 (the optimal-transport loss) is not supported".into()));
+            return Err(err(
+                "itm_ot_lambda > 0 (the optimal-transport loss) is not supported".into(),
+            ));
         }
         if raw.itm_neg_prob.is_some_and(|p| p != 0.0) {
             return Err(err(
@@ -216,12 +226,20 @@ impl PretrainPlan {
             return Err(err(format!("decay {d:?} is not supported (linear)")));
         }
 
-        let train_batch_size =
-            positive("train_batch_size", ov.train_batch_size, raw.train_batch_size, 10240)
-                .map_err(err)?;
-        let val_batch_size =
-            positive("val_batch_size", ov.val_batch_size, raw.val_batch_size, train_batch_size)
-                .map_err(err)?;
+        let train_batch_size = positive(
+            "train_batch_size",
+            ov.train_batch_size,
+            raw.train_batch_size,
+            10240,
+        )
+        .map_err(err)?;
+        let val_batch_size = positive(
+            "val_batch_size",
+            ov.val_batch_size,
+            raw.val_batch_size,
+            train_batch_size,
+        )
+        .map_err(err)?;
         let gradient_accumulation_steps = positive(
             "gradient_accumulation_steps",
             ov.gradient_accumulation_steps,
@@ -229,9 +247,13 @@ impl PretrainPlan {
             1,
         )
         .map_err(err)?;
-        let num_train_steps =
-            positive("num_train_steps", ov.num_train_steps, raw.num_train_steps, 100_000)
-                .map_err(err)?;
+        let num_train_steps = positive(
+            "num_train_steps",
+            ov.num_train_steps,
+            raw.num_train_steps,
+            100_000,
+        )
+        .map_err(err)?;
         let valid_steps =
             positive("valid_steps", ov.valid_steps, raw.valid_steps, 10_000).map_err(err)?;
         let warmup_steps = match (ov.warmup_steps, raw.warmup_steps) {
@@ -242,12 +264,18 @@ impl PretrainPlan {
         };
         let learning_rate = ov.learning_rate.or(raw.learning_rate).unwrap_or(3e-5);
         if !(learning_rate.is_finite() && learning_rate > 0.0) {
-            return Err(err(format!("learning_rate must be a positive number, got {learning_rate}")));
+            return Err(err(format!(
+                "learning_rate must be a positive number, got {learning_rate}"
+            )));
         }
         let betas = match raw.betas.as_deref() {
             None => (0.9, 0.98),
             Some([b1, b2]) if (0.0..1.0).contains(b1) && (0.0..1.0).contains(b2) => (*b1, *b2),
-            Some(b) => return Err(err(format!("betas must be two numbers in [0, 1), got {b:?}"))),
+            Some(b) => {
+                return Err(err(format!(
+                    "betas must be two numbers in [0, 1), got {b:?}"
+                )));
+            }
         };
         let weight_decay = raw.weight_decay.unwrap_or(0.01);
         let grad_norm = raw.grad_norm.unwrap_or(2.0);
@@ -270,19 +298,36 @@ impl PretrainPlan {
             (None, None) => ClsConcat::Add,
         };
 
-        let datasets = |field: &str, list: Option<Vec<RawDataset>>| -> Result<Vec<RawDataset>, PretrainError> {
+        let datasets = |field: &str,
+                        list: Option<Vec<RawDataset>>|
+         -> Result<Vec<RawDataset>, PretrainError> {
             let list = list.unwrap_or_default();
             if list.is_empty() {
                 return Err(err(format!("{field} is missing or empty")));
             }
             Ok(list)
         };
+        // The reference's docker layout mounts the dbs at /db and /img (its txt_db_mapping /
+        // img_db_mapping options); with --data-root those absolute paths are re-rooted there.
+        let resolve = |given: &str| -> PathBuf {
+            if let Some(root) = ov.data_root.as_deref() {
+                for prefix in ["/db/", "/img/", "/pretrain/"] {
+                    if let Some(rest) = given.strip_prefix(prefix) {
+                        return root.join(&prefix[1..]).join(rest);
+                    }
+                }
+            }
+            ev.resolve(given)
+        };
         let check_db = |field: String, given: &str| -> Result<PathBuf, PretrainError> {
-            let p = ev.resolve(given);
+            let p = resolve(given);
             if p.is_dir() {
                 Ok(p)
             } else {
-                Err(err(format!("{field} {given:?} not found (resolved to {})", p.display())))
+                Err(err(format!(
+                    "{field} {given:?} not found (resolved to {})",
+                    p.display()
+                )))
             }
         };
         let parse_task = |field: &str, t: &str| -> Result<PretrainTask, PretrainError> {
@@ -294,7 +339,10 @@ impl PretrainPlan {
             })
         };
         let mut train = Vec::new();
-        for (i, d) in datasets("train_datasets", raw.train_datasets)?.into_iter().enumerate() {
+        for (i, d) in datasets("train_datasets", raw.train_datasets)?
+            .into_iter()
+            .enumerate()
+        {
             let name = d.name.clone().unwrap_or_else(|| format!("train{i}"));
             let field = format!("train_datasets[{i}] ({name})");
             if d.db.is_empty() || d.db.len() != d.img.len() {
@@ -321,14 +369,18 @@ impl PretrainPlan {
             let mut tasks = Vec::new();
             for (t, &r) in d.tasks.iter().zip(&d.mix_ratio) {
                 if r < 0 {
-                    return Err(err(format!("{field}: mix_ratio of {t} must be >= 0, got {r}")));
+                    return Err(err(format!(
+                        "{field}: mix_ratio of {t} must be >= 0, got {r}"
+                    )));
                 }
                 tasks.push((parse_task(&field, t)?, r as usize));
             }
             train.push(TrainDataset { name, dbs, tasks });
         }
         if train.iter().flat_map(|d| &d.tasks).all(|(_, r)| *r == 0) {
-            return Err(err("every mix_ratio is 0: no task would ever be trained".into()));
+            return Err(err(
+                "every mix_ratio is 0: no task would ever be trained".into()
+            ));
         }
         let mut val = Vec::new();
         for (i, d) in raw.val_datasets.unwrap_or_default().into_iter().enumerate() {
@@ -363,7 +415,11 @@ impl PretrainPlan {
             // The shipped config's `./data/mode/uniter-base.pt` (spec §12).
             let fixed = PathBuf::from(p.to_string_lossy().replace("/mode/", "/model/"));
             if fixed != p && fixed.exists() {
-                tracing::warn!("{field} {} not found; using {} (the reference config's typo)", p.display(), fixed.display());
+                tracing::warn!(
+                    "{field} {} not found; using {} (the reference config's typo)",
+                    p.display(),
+                    fixed.display()
+                );
                 return Ok(fixed);
             }
             Err(err(format!("{field} not found: {}", p.display())))

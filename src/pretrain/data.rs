@@ -42,7 +42,12 @@ pub fn model_task(t: PretrainTask) -> model::PretrainTask {
 
 /// A seed for `(seed, a, b, c)`.
 fn derive(seed: u64, a: u64, b: u64, c: u64) -> u64 {
-    SplitMix64::new(seed.wrapping_add(c.wrapping_mul(0xD6E8_FEB8_6659_FD93)), a, b).next_u64()
+    SplitMix64::new(
+        seed.wrapping_add(c.wrapping_mul(0xD6E8_FEB8_6659_FD93)),
+        a,
+        b,
+    )
+    .next_u64()
 }
 
 /// Opens each db once (tasks and datasets share them).
@@ -71,7 +76,7 @@ impl DbCache {
         let i = match self.img.get(img) {
             Some(i) => i.clone(),
             None => {
-                let i = Arc::new(ImgDb::open(img, img_options.clone())?);
+                let i = Arc::new(ImgDb::open(img, img_options)?);
                 self.img.insert(img.to_path_buf(), i.clone());
                 i
             }
@@ -118,7 +123,10 @@ impl Corpus {
         index: usize,
         rng: &mut PyRandom,
     ) -> Result<PretrainItem, DataError> {
-        let part = self.offsets.partition_point(|&o| o <= index).saturating_sub(1);
+        let part = self
+            .offsets
+            .partition_point(|&o| o <= index)
+            .saturating_sub(1);
         let part = part.min(self.parts.len().saturating_sub(1));
         self.parts[part].item(task, index - self.offsets[part], rng)
     }
@@ -232,7 +240,9 @@ impl TaskStream {
         }
         let e = self.state;
         let mut rng = PyRandom::seed(derive(seed, 10 + index as u64, e.epoch, 1 + e.pos as u64));
-        let batch = self.corpus.batch(self.task, &self.batches[e.pos], &mut rng)?;
+        let batch = self
+            .corpus
+            .batch(self.task, &self.batches[e.pos], &mut rng)?;
         self.state.pos += 1;
         Ok(batch)
     }
@@ -365,7 +375,7 @@ impl TrainData {
 
     /// The next micro-batch: the task of the current accumulation cycle, its stream's next
     /// batch.
-    pub fn next(&mut self) -> Result<MicroBatch, PretrainError> {
+    pub fn next_batch(&mut self) -> Result<MicroBatch, PretrainError> {
         let name = self.schedule.next(&self.mixture, &mut self.mixture_rng);
         let stream = self.by_name.get(name).copied().unwrap_or(0);
         let batch = self.streams[stream].next(self.seed, stream)?;
@@ -431,12 +441,15 @@ impl ValSet {
         &self,
     ) -> impl Iterator<Item = Result<(model::PretrainTask, PretrainHostBatch), PretrainError>> + '_
     {
-        self.tasks.iter().enumerate().flat_map(move |(t, (task, batches))| {
-            batches.iter().enumerate().map(move |(b, idx)| {
-                let mut rng = PyRandom::seed(derive(self.seed, 2000 + t as u64, b as u64, 7));
-                let batch = self.corpus.batch(*task, idx, &mut rng)?;
-                Ok((model_task(*task), host_batch(&batch)))
+        self.tasks
+            .iter()
+            .enumerate()
+            .flat_map(move |(t, (task, batches))| {
+                batches.iter().enumerate().map(move |(b, idx)| {
+                    let mut rng = PyRandom::seed(derive(self.seed, 2000 + t as u64, b as u64, 7));
+                    let batch = self.corpus.batch(*task, idx, &mut rng)?;
+                    Ok((model_task(*task), host_batch(&batch)))
+                })
             })
-        })
     }
 }

@@ -21,17 +21,17 @@ pub mod batch;
 pub mod config;
 pub mod data;
 pub mod outputs;
-pub mod run;
 pub mod renderer;
+pub mod run;
 pub mod schedule;
 pub mod step;
 pub mod synthetic;
 
 pub use batch::{PretrainBatchError, PretrainHostBatch};
+pub use config::{PretrainOverrides, PretrainPlan, PretrainSettings};
 pub use outputs::{NamedOutputs, task_outputs};
 pub use run::{PretrainRunOptions, PretrainSummary, run};
 pub use schedule::WarmupLinear;
-pub use config::{PretrainOverrides, PretrainPlan, PretrainSettings};
 
 /// Why a pre-training run could not start or continue. `Display` is one line naming the cause.
 #[derive(Debug, thiserror::Error)]

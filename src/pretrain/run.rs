@@ -220,7 +220,7 @@ impl<B: Backend> DataLoader<B, StepInput<B>> for PretrainLoader<B> {
                 return;
             };
             for _ in 0..total {
-                let item = data.next().and_then(|mb| {
+                let item = data.next_batch().and_then(|mb| {
                     mb.batch.validate(&producer.config)?;
                     Ok(mb)
                 });
@@ -378,7 +378,11 @@ impl<B: AutodiffBackend> Ctx<B> {
             let progress = viter.progress();
             let out = model.step(item);
             processor.process_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
-                out, progress, global.clone(), None, None,
+                out,
+                progress,
+                global.clone(),
+                None,
+                None,
             )));
         }
         processor.process_valid(LearnerEvent::EndEpoch(period));
@@ -624,11 +628,19 @@ pub fn run<B: AutodiffBackend>(
 
     let progress: Option<PretrainProgress> = {
         let p = out.path(STATE_DIR).join(PROGRESS_FILE);
-        if p.is_file() { Some(read_json(&p)?) } else { None }
+        if p.is_file() {
+            Some(read_json(&p)?)
+        } else {
+            None
+        }
     };
     let metrics: PretrainMetrics = {
         let p = out.path(METRICS_FILE);
-        if p.is_file() { read_json(&p)? } else { PretrainMetrics::default() }
+        if p.is_file() {
+            read_json(&p)?
+        } else {
+            PretrainMetrics::default()
+        }
     };
     let resume_err = |reason: String| PretrainError::Resume {
         path: out.root().display().to_string(),
@@ -773,7 +785,9 @@ pub fn run<B: AutodiffBackend>(
             );
             training.renderer(r)
         } else {
-            training.renderer(super::renderer::PretrainRenderer::new(opts.progress_interval))
+            training.renderer(super::renderer::PretrainRenderer::new(
+                opts.progress_interval,
+            ))
         };
         let learner = Learner::new(model, optim, scheduler);
         let result: LearningResult<BiEncoderForPretraining<B::InnerBackend>> =

@@ -74,10 +74,7 @@ impl<B: AutodiffBackend> TrainStep for BiEncoderForPretraining<B> {
     /// its micro-batches (spec §6.5).
     fn step(&self, item: StepInput<B>) -> TrainOutput<Self::Output> {
         let out = self.task_loss(&item.input, item.task, item.mode);
-        let loss = out
-            .loss
-            .clone()
-            .cast(burn::tensor::FloatDType::F32);
+        let loss = out.loss.clone().cast(burn::tensor::FloatDType::F32);
         let grads = loss.backward();
         TrainOutput::new(
             self,
@@ -247,7 +244,10 @@ pub fn validate<B: Backend>(
         }
     }
     Ok(ValReport {
-        tasks: by_task.iter().map(|(k, a)| (k.clone(), a.score())).collect(),
+        tasks: by_task
+            .iter()
+            .map(|(k, a)| (k.clone(), a.score()))
+            .collect(),
         sets: by_set.iter().map(|(k, a)| (k.clone(), a.score())).collect(),
     })
 }
@@ -373,7 +373,13 @@ impl Metric for ValMetric {
     fn update(&mut self, item: &ValInput, _m: &MetricMetadata) -> SerializedEntry {
         let score = item.0.as_ref().and_then(|r| r.tasks.get(self.task.name()));
         let v = score
-            .and_then(|s| if self.accuracy { s.accuracy } else { Some(s.loss) })
+            .and_then(|s| {
+                if self.accuracy {
+                    s.accuracy
+                } else {
+                    Some(s.loss)
+                }
+            })
             .unwrap_or(f64::NAN);
         self.value = Some(v);
         SerializedEntry::new(format!("{}: {v:.4}", self.name), v.to_string())

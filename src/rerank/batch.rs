@@ -4,6 +4,8 @@
 
 use burn::prelude::*;
 
+use crate::encode::{host_floats, host_ints};
+
 use crate::data::RegionFeatures;
 use crate::data::img_db::{IMG_DIM, POS_DIM};
 use crate::model::{EncoderConfig, ItmInput};
@@ -241,24 +243,16 @@ impl ItmHostBatch {
     /// Device tensors (call [`validate`](Self::validate) first).
     pub fn to_device<B: Backend>(&self, device: &B::Device) -> ItmInput<B> {
         ItmInput {
-            input_ids: int2(&self.input_ids, device),
-            img_feat: float3(&self.img_feat, device),
-            img_pos_feat: float3(&self.img_pos_feat, device),
-            attention_mask: int2(&self.attn_masks, device),
-            gather_index: int2(&self.gather_index, device),
+            input_ids: host_ints(&self.input_ids, device),
+            img_feat: host_floats(&self.img_feat, device),
+            img_pos_feat: host_floats(&self.img_pos_feat, device),
+            attention_mask: host_ints(&self.attn_masks, device),
+            gather_index: host_ints(&self.gather_index, device),
         }
     }
 }
 
-fn int2<B: Backend>(t: &HostTensor<i64>, device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::<B, 1, Int>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
-        .reshape([t.shape[0], t.shape[1]])
-}
 
-fn float3<B: Backend>(t: &HostTensor<f32>, device: &B::Device) -> Tensor<B, 3> {
-    Tensor::<B, 1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
-        .reshape([t.shape[0], t.shape[1], t.shape[2]])
-}
 
 #[cfg(test)]
 mod tests {

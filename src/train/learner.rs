@@ -492,7 +492,10 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<ItmComponents<B>> for EpochL
 }
 
 /// `OUTPUT_DIR/run.json`: written by the first run; a rerun must resolve to the same settings.
-pub(crate) fn check_run_file<T: serde::Serialize>(out: &OutputDir, s: &T) -> Result<(), TrainError> {
+pub(crate) fn check_run_file<T: serde::Serialize>(
+    out: &OutputDir,
+    s: &T,
+) -> Result<(), TrainError> {
     let p = out.path(RUN_FILE);
     // Compare in the file's form (f32 fields print shortest, e.g. conf_th 0.2).
     let new: serde_json::Value = serde_json::to_string(s)

@@ -51,3 +51,18 @@ pub fn assert_stages_close(
     }
     compared
 }
+
+/// A CLI run that failed cleanly: non-zero exit, no panic, exactly one `error:` line, which
+/// contains `needle`.
+pub fn assert_clean_error(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "want one error line: {stderr}");
+    assert!(
+        errors[0].contains(needle),
+        "{needle:?} not in {:?}",
+        errors[0]
+    );
+}
