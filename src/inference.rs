@@ -124,8 +124,6 @@ impl HostBatch {
     }
 }
 
-
-
 /// Moves the image half of a batch to the device.
 pub fn region_batch<B: Backend>(batch: &HostBatch, device: &B::Device) -> RegionBatch<B> {
     RegionBatch {

@@ -7,10 +7,10 @@ mod export;
 mod forward;
 mod index;
 mod inspect;
+mod pretrain;
 mod rerank;
 mod search;
 mod serve;
-mod pretrain;
 mod train;
 
 use std::io::IsTerminal;

@@ -252,8 +252,6 @@ impl ItmHostBatch {
     }
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
