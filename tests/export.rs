@@ -338,20 +338,6 @@ fn export_args(checkpoint: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// Asserts failure with one `error:` line containing `needle`, and no panic.
-fn assert_clean_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "want one error line: {stderr}");
-    assert!(
-        errors[0].contains(needle),
-        "{needle:?} not in {:?}",
-        errors[0]
-    );
-}
-
 #[test]
 fn cli_export_then_forward() {
     let f = fixtures();

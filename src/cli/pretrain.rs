@@ -161,31 +161,7 @@ fn print_summary(s: &PretrainSummary) {
         }
     );
     for c in &s.checkpoints {
-        let train: Vec<String> = c
-            .train
-            .iter()
-            .map(|(t, st)| format!("{t} {:.4}", st.mean_loss))
-            .collect();
-        let val: Vec<String> = c
-            .val
-            .as_ref()
-            .map(|v| {
-                v.tasks
-                    .iter()
-                    .map(|(t, sc)| match sc.accuracy {
-                        Some(a) => format!("{t} acc {:.1}%", 100.0 * a),
-                        None => format!("{t} loss {:.4}", sc.loss),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        println!(
-            "  update {:>7}  train loss [{}]  validation [{}]  {:.0} tokens/s",
-            c.step,
-            train.join(", "),
-            val.join(", "),
-            c.tokens_per_second
-        );
+        println!("  update {:>7}: {}", c.step, c.summary());
     }
     if !s.complete() {
         println!("rerun the same command to continue");

@@ -20,7 +20,7 @@ use super::PretrainError;
 use crate::data::pretrain::PretrainTask;
 use crate::eval::EvalConfig;
 use crate::model::ClsConcat;
-use crate::train::config::{DbPair, ImgDbSelection};
+use crate::train::config::{DbPair, ImgDbSelection, InitPaths, resolve_init};
 use crate::train::{Init, Precision};
 
 /// One `train_datasets` / `val_datasets` entry as written.
@@ -430,41 +430,24 @@ impl PretrainPlan {
                 .or(raw.biencoder_checkpoint.as_deref())
                 .map(|p| ev.resolve(p))
         });
-        let init = match whole {
-            Some(p) => Init::Biencoder(existing("checkpoint", p)?),
-            None => {
-                let img = ov
+        let init = resolve_init(
+            InitPaths {
+                whole,
+                img: ov
                     .img_checkpoint
                     .clone()
-                    .or_else(|| raw.img_checkpoint.as_deref().map(|p| ev.resolve(p)))
-                    .map(|p| existing("img_checkpoint", p))
-                    .transpose()?;
-                let txt = match ov
+                    .or_else(|| raw.img_checkpoint.as_deref().map(|p| ev.resolve(p))),
+                txt: ov
                     .txt_checkpoint
                     .clone()
-                    .or_else(|| raw.txt_checkpoint.as_deref().map(|p| ev.resolve(p)))
-                {
-                    Some(p) => Some(existing("txt_checkpoint", p)?),
-                    None => txt_config
-                        .as_deref()
-                        .map(|c| Path::new(c).join("pytorch_model.bin"))
-                        .filter(|p| p.is_file()),
-                };
-                let hub = txt_config
-                    .as_deref()
-                    .is_none_or(|c| matches!(c, "bert-base-cased" | "bert-base"));
-                if txt.is_none() && hub {
-                    return Err(err(format!(
-                        "no initial text tower: txt_model_config {:?} names pretrained hub \
-                         weights, which cannot be downloaded here; give txt_checkpoint (a BERT \
-                         pytorch_model.bin, --txt-checkpoint) or --checkpoint (e.g. \
-                         LightningDot.pt to continue pre-training)",
-                        txt_config.as_deref().unwrap_or("bert-base-cased")
-                    )));
-                }
-                Init::Towers { img, txt }
-            }
-        };
+                    .or_else(|| raw.txt_checkpoint.as_deref().map(|p| ev.resolve(p))),
+                txt_config: txt_config.as_deref(),
+                whole_field: "checkpoint",
+                whole_hint: "--checkpoint (e.g. LightningDot.pt to continue pre-training)",
+            },
+            &existing,
+            err,
+        )?;
         let output_dir = match (&ov.output_dir, &raw.output_dir) {
             (Some(p), _) => p.clone(),
             (None, Some(p)) => PathBuf::from(p),

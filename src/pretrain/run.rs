@@ -481,7 +481,13 @@ impl<B: AutodiffBackend> Ctx<B> {
     }
 }
 
-/// One line: train loss per task and the validation numbers.
+impl CheckpointRecord {
+    /// One line: train loss per task, the validation numbers, throughput.
+    pub fn summary(&self) -> String {
+        summarize(self)
+    }
+}
+
 fn summarize(r: &CheckpointRecord) -> String {
     let train: Vec<String> = r
         .train

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::data::DataError;
-use crate::train::synthetic::{SyntheticSpec, write_synthetic};
+use crate::train::synthetic::{SyntheticSpec, apply_overrides, write_synthetic};
 
 /// Writes the synthetic dbs into `dir` and a pre-training config in the reference's form;
 /// returns the config's path. `overrides` (a JSON object) replaces fields of the config.
@@ -40,15 +40,7 @@ pub fn write_pretrain_synthetic(
         c.insert("train_datasets".into(), train);
         c.insert("val_datasets".into(), val);
     }
-    if let (Some(c), Some(o)) = (config.as_object_mut(), overrides.as_object()) {
-        for (k, v) in o {
-            if v.is_null() {
-                c.remove(k);
-            } else {
-                c.insert(k.clone(), v.clone());
-            }
-        }
-    }
+    apply_overrides(&mut config, overrides);
     let path = dir.join("pretrain_config.json");
     std::fs::write(
         &path,

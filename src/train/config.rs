@@ -550,49 +550,28 @@ impl TrainPlan {
                 Err(cfg_err(format!("{field} not found: {}", p.display())))
             }
         };
-        let init = match ov
-            .checkpoint
-            .clone()
-            .or_else(|| ft.biencoder_checkpoint.as_deref().map(|p| ev.resolve(p)))
-        {
-            Some(p) => Init::Biencoder(existing("biencoder_checkpoint", p)?),
-            None => {
-                let img = ov
+        let init = resolve_init(
+            InitPaths {
+                whole: ov
+                    .checkpoint
+                    .clone()
+                    .or_else(|| ft.biencoder_checkpoint.as_deref().map(|p| ev.resolve(p))),
+                img: ov
                     .img_checkpoint
                     .clone()
-                    .or_else(|| ft.img_checkpoint.as_deref().map(|p| ev.resolve(p)))
-                    .map(|p| existing("img_checkpoint", p))
-                    .transpose()?;
-                let txt = match ov
+                    .or_else(|| ft.img_checkpoint.as_deref().map(|p| ev.resolve(p))),
+                txt: ov
                     .txt_checkpoint
                     .clone()
-                    .or_else(|| ft.txt_checkpoint.as_deref().map(|p| ev.resolve(p)))
-                {
-                    Some(p) => Some(existing("txt_checkpoint", p)?),
-                    // The reference loads the text tower with `from_pretrained(txt_model_config)`:
-                    // an HF directory's pytorch_model.bin.
-                    None => txt_config
-                        .as_deref()
-                        .map(|c| Path::new(c).join("pytorch_model.bin"))
-                        .filter(|p| p.is_file()),
-                };
-                // A hub name means pretrained BERT weights upstream; starting that tower from
-                // random weights instead would silently change the experiment.
-                let hub = txt_config
-                    .as_deref()
-                    .is_none_or(|c| matches!(c, "bert-base-cased" | "bert-base"));
-                if txt.is_none() && hub {
-                    return Err(cfg_err(format!(
-                        "no initial text tower: txt_model_config {:?} names pretrained hub \
-                         weights, which cannot be downloaded here; give biencoder_checkpoint \
-                         (--checkpoint LightningDot.pt, as bash/train_flickr.sh does) or \
-                         txt_checkpoint (a BERT pytorch_model.bin)",
-                        txt_config.as_deref().unwrap_or("bert-base-cased")
-                    )));
-                }
-                Init::Towers { img, txt }
-            }
-        };
+                    .or_else(|| ft.txt_checkpoint.as_deref().map(|p| ev.resolve(p))),
+                txt_config: txt_config.as_deref(),
+                whole_field: "biencoder_checkpoint",
+                whole_hint: "biencoder_checkpoint (--checkpoint LightningDot.pt, as \
+                             bash/train_flickr.sh does)",
+            },
+            &existing,
+            cfg_err,
+        )?;
         let project_dim = ev.project_dim;
 
         let output_dir = match (&ov.output_dir, &ft.output_dir) {
@@ -639,6 +618,55 @@ impl TrainPlan {
             output_dir,
         })
     }
+}
+
+/// The checkpoint paths a config names (config values already resolved, flags applied).
+pub(crate) struct InitPaths<'a> {
+    /// A whole bi-encoder / pre-training checkpoint (wins over the towers).
+    pub whole: Option<PathBuf>,
+    pub img: Option<PathBuf>,
+    pub txt: Option<PathBuf>,
+    pub txt_config: Option<&'a str>,
+    /// The config field of `whole`, for errors.
+    pub whole_field: &'static str,
+    /// How to give a whole checkpoint, for the missing-text-tower error.
+    pub whole_hint: &'static str,
+}
+
+/// Where the initial weights come from. `existing` checks a path (field name, path) and may
+/// substitute a corrected one; `err` makes the caller's config error. Without a text
+/// checkpoint, `pytorch_model.bin` in a `txt_model_config` directory is used (what
+/// `from_pretrained` finds); a hub name with no weights is an error rather than a silently
+/// random text tower.
+pub(crate) fn resolve_init<E>(
+    p: InitPaths<'_>,
+    existing: &impl Fn(&str, PathBuf) -> Result<PathBuf, E>,
+    err: impl Fn(String) -> E,
+) -> Result<Init, E> {
+    if let Some(w) = p.whole {
+        return Ok(Init::Biencoder(existing(p.whole_field, w)?));
+    }
+    let img = p.img.map(|i| existing("img_checkpoint", i)).transpose()?;
+    let txt = match p.txt {
+        Some(t) => Some(existing("txt_checkpoint", t)?),
+        None => p
+            .txt_config
+            .map(|c| Path::new(c).join("pytorch_model.bin"))
+            .filter(|f| f.is_file()),
+    };
+    let hub = p
+        .txt_config
+        .is_none_or(|c| matches!(c, "bert-base-cased" | "bert-base"));
+    if txt.is_none() && hub {
+        return Err(err(format!(
+            "no initial text tower: txt_model_config {:?} names pretrained hub weights, which \
+             cannot be downloaded here; give {} or txt_checkpoint (a BERT pytorch_model.bin, \
+             --txt-checkpoint)",
+            p.txt_config.unwrap_or("bert-base-cased"),
+            p.whole_hint
+        )));
+    }
+    Ok(Init::Towers { img, txt })
 }
 
 fn check_db(field: &str, index: usize, path: &Path, given: &str) -> Result<(), String> {

@@ -253,6 +253,17 @@ pub fn write_synthetic(
         "conf_th": 0.2, "max_bb": 100, "min_bb": 10, "num_bb": 36,
         "num_hard_negatives": 0, "hard_negatives_sampling": "none", "fp16": false
     });
+    apply_overrides(&mut config, overrides);
+    let path = dir.join("ft_config.json");
+    write_file(
+        &path,
+        &serde_json::to_string_pretty(&config).unwrap_or_default(),
+    )?;
+    Ok(path)
+}
+
+/// Replaces the fields of the JSON object `config` named in `overrides` (null removes one).
+pub fn apply_overrides(config: &mut Value, overrides: &Value) {
     if let (Some(c), Some(o)) = (config.as_object_mut(), overrides.as_object()) {
         for (k, v) in o {
             if v.is_null() {
@@ -262,10 +273,4 @@ pub fn write_synthetic(
             }
         }
     }
-    let path = dir.join("ft_config.json");
-    write_file(
-        &path,
-        &serde_json::to_string_pretty(&config).unwrap_or_default(),
-    )?;
-    Ok(path)
 }
