@@ -48,7 +48,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Write a model back to a PyTorch checkpoint in the reference's layouts (--layout).
     Export(export::ExportArgs),
-    /// Run both towers on a batch (reference collate form) and write every stage.
+    /// Run a batch (reference collate form) through the towers, the cross-encoder or a
+    /// pre-training task and write every output.
     Forward(forward::ForwardArgs),
     /// Encode every image (and caption) of the dbs once into an index directory.
     Index(index::IndexArgs),
