@@ -224,10 +224,20 @@ fn step(
     input: &PretrainInput<TB>,
     task: PretrainTask,
 ) -> (Model, f64) {
+    let t = Instant::now();
     let out = model.task_loss(input, task, ClsConcat::Add);
     let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+    let backward_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let model = optim.step(sched.step(), model, grads);
     let loss = out.loss.into_scalar().elem::<f64>();
+    if std::env::var_os("LIGHTNINGDOT_BENCH_SPLIT").is_some() {
+        // Where a step's time goes (CPU backends run eagerly, so the split is meaningful there).
+        eprintln!(
+            "  {task}: forward + backward {backward_s:.3} s, clip + AdamW {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
     (model, loss)
 }
 
