@@ -102,6 +102,17 @@ fn index_files_are_documented_format_and_memory_mapped() {
     assert_eq!(idx.image_ids().len(), 20);
     assert_eq!(idx.text_ids().len(), 100);
     assert!(idx.image_ids()[0].ends_with(".npz"));
+    // The box selection is recorded (a re-ranker reads the same regions); indexes written
+    // before it was recorded still load.
+    let selection = meta.images.selection.expect("box selection recorded");
+    assert_eq!(
+        lightningdot::data::ImgDbOptions::from(selection),
+        lightningdot::data::ImgDbOptions::default()
+    );
+    let mut old = serde_json::to_value(meta).unwrap();
+    old["images"].as_object_mut().unwrap().remove("selection");
+    let old: IndexMeta = serde_json::from_value(old).unwrap();
+    assert!(old.images.selection.is_none());
     // Rows of an f32 index are borrowed from the mapping, not copied.
     assert!(matches!(
         idx.image_vectors(0..20),

@@ -65,7 +65,13 @@ impl RerankArgs {
             .txt_db
             .clone()
             .or_else(|| meta.texts.as_ref().map(|t| PathBuf::from(&t.txt_db)));
-        let img_db = ImgDb::open(&img_db, ImgDbOptions::default())
+        // The regions the index was built from (older indexes: the defaults).
+        let options = meta
+            .images
+            .selection
+            .map(ImgDbOptions::from)
+            .unwrap_or_default();
+        let img_db = ImgDb::open(&img_db, options)
             .with_context(|| "re-ranker region features (--img-db)")?;
         let txt_db = txt_db
             .map(TxtDb::open)

@@ -181,6 +181,7 @@ pub fn build_index<B: Backend>(
         images: ImageSection {
             ids: names.to_vec(),
             img_db: img_db.dir().display().to_string(),
+            selection: Some((*img_db.options()).into()),
             captions,
         },
         texts: text_section,
