@@ -97,7 +97,9 @@ fn image_queries_need_caption_ids() {
     let err = p
         .search(&Query::Image("flickr30k_000000001076.npz".into()), 5)
         .unwrap_err();
-    assert!(matches!(err, RetrievalError::Rerank { .. }), "{err}");
+    // The client's request cannot be served by this deployment: a 400, not a server fault.
+    assert!(matches!(err, RetrievalError::BadRequest(_)), "{err}");
+    assert_eq!(err.class(), lightningdot::retrieval::ErrorClass::BadRequest);
     assert!(err.to_string().contains("--txt-db"), "{err}");
 }
 

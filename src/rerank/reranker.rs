@@ -70,8 +70,13 @@ where
         image_id: &str,
         candidates: &[String],
     ) -> Result<Vec<f32>, RetrievalError> {
+        // A limit of this deployment, not a server fault: the client gets a 400.
         let txt_db = self.txt_db.as_ref().ok_or_else(|| {
-            self.err("image queries need the caption token ids: pass --txt-db with the re-ranker")
+            RetrievalError::BadRequest(format!(
+                "re-ranker {}: image queries need the caption token ids: pass --txt-db with the \
+                 re-ranker",
+                self.name
+            ))
         })?;
         let (cls, sep) = (txt_db.meta().cls, txt_db.meta().sep);
         let texts = candidates
