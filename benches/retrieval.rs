@@ -225,6 +225,7 @@ fn main() {
         images: ImageSection {
             ids: (0..N).map(|i| format!("synthetic_{i:012}.npz")).collect(),
             img_db: "synthetic".into(),
+            selection: None,
             captions: None,
         },
         ann: with_ann.then_some(AnnInfo::default()),
