@@ -90,6 +90,12 @@ pub fn param_ids<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Param
 /// Resolves a PyTorch-style `….weight`/`….bias` path (as the key maps produce) to the burn
 /// parameter path of `params` (`gamma`/`beta` for LayerNorms).
 pub fn resolve_path(params: &BTreeMap<String, ParamId>, path: &str) -> Option<String> {
+    resolve_key(params, path)
+}
+
+/// The key of `params` that a mapped `….weight`/`….bias` path names: itself, or the
+/// `gamma`/`beta` burn gives LayerNorm parameters.
+fn resolve_key<V>(params: &BTreeMap<String, V>, path: &str) -> Option<String> {
     if params.contains_key(path) {
         return Some(path.to_string());
     }
@@ -103,20 +109,27 @@ pub fn resolve_path(params: &BTreeMap<String, ParamId>, path: &str) -> Option<St
     params.contains_key(&alt).then_some(alt)
 }
 
-/// Resolves a mapped `….weight`/`….bias` path against the model: LayerNorm parameters are
-/// `gamma`/`beta` in burn.
+/// [`resolve_key`] with the parameter it names.
 fn resolve<'a>(params: &'a BTreeMap<String, Param>, path: &str) -> Option<(String, &'a Param)> {
-    if let Some(p) = params.get(path) {
-        return Some((path.to_string(), p));
+    let key = resolve_key(params, path)?;
+    params.get(&key).map(|p| (key, p))
+}
+
+/// The checkpoint tensors `map` gives a path, and the keys it does not (ignored by design).
+pub(super) fn select_tensors(
+    ckpt: &Checkpoint,
+    map: impl Fn(&str) -> Option<String>,
+) -> (BTreeMap<String, &CheckpointTensor>, Vec<String>) {
+    let mut tensors = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for (k, t) in &ckpt.tensors {
+        if map(k).is_some() {
+            tensors.insert(k.clone(), t);
+        } else {
+            ignored.push(k.clone());
+        }
     }
-    let alt = if let Some(s) = path.strip_suffix(".weight") {
-        format!("{s}.gamma")
-    } else if let Some(s) = path.strip_suffix(".bias") {
-        format!("{s}.beta")
-    } else {
-        return None;
-    };
-    params.get(&alt).map(|p| (alt, p))
+    (tensors, ignored)
 }
 
 /// One checkpoint entry matched to a parameter.
@@ -278,15 +291,7 @@ pub fn load_image_tower<B: Backend>(
 ) -> Result<(ImageEncoder<B>, LoadReport), ConvertError> {
     let model = ImageEncoder::<B>::new(cfg, project_dim, device);
     let params = model_params(&model);
-    let mut tensors = BTreeMap::new();
-    let mut ignored = Vec::new();
-    for (k, t) in &ckpt.tensors {
-        if uniter_key_to_image_tower(k).is_some() {
-            tensors.insert(k.clone(), t);
-        } else {
-            ignored.push(k.clone());
-        }
-    }
+    let (tensors, ignored) = select_tensors(ckpt, uniter_key_to_image_tower);
     let entries = tensors.iter().map(|(k, t)| (k.clone(), t.shape()));
     let plan = plan(
         &params,

@@ -20,7 +20,6 @@
 //! DIR/model.mpk            burn NamedMpk record
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -29,8 +28,12 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{Checkpoint, CheckpointTensor, Layout};
 use super::error::ConvertError;
 use super::keymap::uniter_itm_key_to_burn;
-use super::load::{LoadOptions, LoadReport, apply_plan, model_params, plan, summarize};
-use super::model_dir::{RecordPrecision, load_record, save_record, write_dir_atomically};
+use super::load::{
+    LoadOptions, LoadReport, apply_plan, model_params, plan, select_tensors, summarize,
+};
+use super::model_dir::{
+    RecordPrecision, load_record, save_record, write_dir_atomically, write_json,
+};
 use crate::model::{EncoderConfig, UniterItm};
 
 const FORMAT: &str = "lightningdot-uniter-itm";
@@ -148,15 +151,7 @@ pub fn load_uniter_itm<B: Backend>(
     let model = UniterItm::<B>::new(cfg, itm_head, device);
     let params = model_params(&model);
     let map = |k: &str| uniter_itm_key_to_burn(k, prefix);
-    let mut tensors = BTreeMap::new();
-    let mut ignored = Vec::new();
-    for (k, t) in &ckpt.tensors {
-        if map(k).is_some() {
-            tensors.insert(k.clone(), t);
-        } else {
-            ignored.push(k.clone());
-        }
-    }
+    let (tensors, ignored) = select_tensors(ckpt, map);
     let entries = tensors.iter().map(|(k, t)| (k.clone(), t.shape()));
     let plan = plan(
         &params,
@@ -280,11 +275,6 @@ pub fn write_uniter_dir<B: Backend>(
         write_json(&tmp.join("uniter_config.json"), config)?;
         save_record(model, &tmp.join(RECORD), precision)
     })
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Where a cross-encoder comes from (`--rerank-checkpoint`, `--rerank-config`).
