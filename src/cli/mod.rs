@@ -7,6 +7,7 @@ mod export;
 mod forward;
 mod index;
 mod inspect;
+mod parity;
 mod pretrain;
 mod rerank;
 mod search;
