@@ -399,7 +399,7 @@ fn main() {
         ));
         let flat = FlatIndex::<B>::new(&vectors, DIM, &device);
         let truth = flat.search(&held_out, 10);
-        let ann = AnnIndex::open(&index_dir.join(ANN_FILE), DIM, None).unwrap();
+        let ann = AnnIndex::open(&index_dir.join(ANN_FILE), DIM, None, None).unwrap();
         for ef in [32, 64, 128, 256] {
             ann.set_expansion_search(ef);
             let mut hits = 0;

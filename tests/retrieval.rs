@@ -188,6 +188,7 @@ fn streamed_and_ann_search_agree_with_exact() {
                 connectivity: 8,
                 expansion_add: 64,
                 expansion_search: 64,
+                ..Default::default()
             }),
             ..Default::default()
         },

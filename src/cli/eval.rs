@@ -222,8 +222,9 @@ impl BackendTask for EvalTask<'_> {
         let mut ranks = serde_json::Map::new();
         let multi = splits.len() > 1;
         for split in &splits {
-            let (txt_db, img_db) =
-                open_split(split, &self.cfg).with_context(|| format!("{} split", split.name))?;
+            // Name the config too: a wrong db path is usually a wrong line in it.
+            let (txt_db, img_db) = open_split(split, &self.cfg)
+                .with_context(|| format!("{} split of {}", split.name, a.config.display()))?;
             let prefix = if multi {
                 format!("{}.", split.name)
             } else {

@@ -97,6 +97,7 @@ impl BackendTask for IndexTask<'_> {
                 connectivity: a.ann_connectivity.max(2),
                 expansion_add: a.ann_expansion_add.max(1),
                 expansion_search: a.ann_expansion_search.max(1),
+                crc32: None,
             }),
             overwrite: a.force,
         };

@@ -39,7 +39,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Inspect, convert and run the tiny model embedded in the binary; compare with PyTorch.
+    /// The main job on embedded data: parity with PyTorch, fine-tune, recall, index, queries.
     Demo(demo::DemoArgs),
     /// Recall@1/5/10 in both directions on the splits of an eval config (like eval_itm.py).
     Eval(eval::EvalArgs),
@@ -115,7 +115,13 @@ fn init_logging(filter: &str) {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // The demo prints its own steps; per-epoch commit logs would bury them.
+    let demo_default = matches!(cli.command, Command::Demo(_)) && cli.log == "info";
+    init_logging(if demo_default {
+        "info,lightningdot::train=warn"
+    } else {
+        &cli.log
+    });
     let result = match cli.command {
         Command::Demo(a) => demo::run(a, cli.device),
         Command::Eval(a) => eval::run(a, cli.device),

@@ -28,6 +28,21 @@ pub enum DataError {
         source: heed::Error,
     },
 
+    /// An LMDB's `data.mdb` is shorter than the pages its meta page says are in use: an
+    /// interrupted copy or download. Reading it would fault (SIGBUS) on the missing pages.
+    #[error(
+        "truncated LMDB {}: data.mdb is {actual} bytes but its meta page says {expected} bytes \
+         ({pages} pages of {page_size}) are in use; copy or download it again",
+        path.display()
+    )]
+    TruncatedLmdb {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+        pages: u64,
+        page_size: u32,
+    },
+
     /// A JSON file does not parse or lacks a required field.
     #[error("invalid JSON in {}: {source}", path.display())]
     Json {

@@ -72,6 +72,8 @@ fn open_env(dir: &Path, canonical: &Path) -> Result<LmdbReader, DataError> {
         }
     };
 
+    check_covered(dir, &env)?;
+
     let rtxn = env.read_txn().map_err(|e| DataError::lmdb(dir, e))?;
     let db = env
         .open_databases_and_commit(rtxn, |opener, rtxn| {
@@ -88,6 +90,29 @@ fn open_env(dir: &Path, canonical: &Path) -> Result<LmdbReader, DataError> {
         env,
         db,
     })
+}
+
+/// Refuses a `data.mdb` shorter than the pages in use. LMDB validates only the two meta pages
+/// at open; a page past the end of the file is first touched through the memory map, where it
+/// raises SIGBUS and kills the process without a message.
+fn check_covered(dir: &Path, env: &Env<WithoutTls>) -> Result<(), DataError> {
+    let file = dir.join("data.mdb");
+    let actual = std::fs::metadata(&file)
+        .map_err(|e| DataError::io(&file, e))?
+        .len();
+    let pages = env.info().last_page_number as u64 + 1;
+    let page_size = env.unnamed_database_stat().page_size;
+    let expected = pages.saturating_mul(page_size as u64);
+    if actual < expected {
+        return Err(DataError::TruncatedLmdb {
+            path: dir.to_path_buf(),
+            actual,
+            expected,
+            pages,
+            page_size,
+        });
+    }
+    Ok(())
 }
 
 impl LmdbReader {

@@ -102,14 +102,28 @@ impl AnnIndex {
     }
 
     /// Memory-maps a graph written by [`AnnIndex::save`]; `expansion_search` overrides the
-    /// stored search width when given.
+    /// stored search width when given. With `crc32` (index.json's record of the file) the
+    /// file is checked first: usearch trusts its neighbour lists, so damage would crash it.
     pub fn open(
         path: &Path,
         dim: usize,
         expansion_search: Option<usize>,
+        crc32: Option<u32>,
     ) -> Result<Self, RetrievalError> {
         if !path.is_file() {
             return Err(RetrievalError::io(path, "HNSW graph file is missing"));
+        }
+        if let Some(want) = crc32 {
+            let got = super::format::file_crc32(path)?;
+            if got != want {
+                return Err(RetrievalError::io(
+                    path,
+                    format!(
+                        "HNSW graph is damaged (CRC-32 {got:08x}, index.json records \
+                         {want:08x}); rebuild it with `lightningdot index --ann`"
+                    ),
+                ));
+            }
         }
         let inner = Index::restore_view(&path.to_string_lossy())
             .map_err(|e| RetrievalError::io(path, e))?;

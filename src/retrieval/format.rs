@@ -156,6 +156,11 @@ pub struct AnnInfo {
     pub expansion_add: usize,
     /// Default candidate list size while searching (`efSearch`).
     pub expansion_search: usize,
+    /// CRC-32 of the graph file, written with it and checked before usearch reads it: its C++
+    /// reader trusts the neighbour lists, so a damaged file would crash the process.
+    /// Absent in indexes written before it existed (not checked then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
 }
 
 impl Default for AnnInfo {
@@ -164,6 +169,7 @@ impl Default for AnnInfo {
             connectivity: 16,
             expansion_add: 128,
             expansion_search: 128,
+            crc32: None,
         }
     }
 }
@@ -185,6 +191,23 @@ pub struct IndexMeta {
     /// `lightningdot x.y.z` that wrote it.
     #[serde(default)]
     pub written_by: String,
+}
+
+/// CRC-32 of a whole file, read in 1 MiB blocks.
+pub(crate) fn file_crc32(path: &Path) -> Result<u32, RetrievalError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| RetrievalError::io(path, e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| RetrievalError::io(path, e))?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// Writes an index directory atomically. `images` is row-major `[images.ids.len(), dim]`,
@@ -230,7 +253,11 @@ pub fn write_index(
     let result = (|| {
         write_vectors(&tmp.join(VECTORS_FILE), meta, images, texts)?;
         extra(&tmp)?;
-        let text = serde_json::to_string(meta).map_err(|e| err(e.to_string()))?;
+        let mut meta = meta.clone();
+        if let Some(ann) = meta.ann.as_mut() {
+            ann.crc32 = Some(file_crc32(&tmp.join(ANN_FILE))?);
+        }
+        let text = serde_json::to_string(&meta).map_err(|e| err(e.to_string()))?;
         let meta_path = tmp.join(META_FILE);
         std::fs::write(&meta_path, text + "\n").map_err(|e| RetrievalError::io(&meta_path, e))
     })();

@@ -324,7 +324,12 @@ impl<B: Backend> Pipeline<B> {
             CandidateMode::ExactStreamed => ImageSearch::Streamed,
             CandidateMode::Ann => {
                 let path = index.ann_path().ok_or(RetrievalError::NoAnn)?;
-                ImageSearch::Ann(AnnIndex::open(&path, index.dim(), options.ann_expansion)?)
+                ImageSearch::Ann(AnnIndex::open(
+                    &path,
+                    index.dim(),
+                    options.ann_expansion,
+                    index.meta().ann.and_then(|a| a.crc32),
+                )?)
             }
         };
         let texts = index.has_texts().then(|| {

@@ -14,6 +14,7 @@
 //! | [`renderer`] | plain progress lines when stdout is not a terminal |
 //! | [`learner`] | the burn-train wiring: learner, custom epoch loop, resume |
 //! | [`synthetic`] | a small learnable task in the UNITER formats (tests, benchmarks) |
+//! | [`scenes`] | the demo's collection: learnable scenes captioned in words |
 //!
 //! Entry point: [`run`] (or `lightningdot train`).
 
@@ -27,6 +28,7 @@ pub mod loss;
 pub mod metric;
 pub mod optim;
 pub mod renderer;
+pub mod scenes;
 pub mod schedule;
 pub mod synthetic;
 

@@ -49,7 +49,7 @@ const WORDS: u32 = 24;
 const FILLER0: u32 = 1;
 const FILLERS: u32 = 99;
 
-fn gaussian(rng: &mut SplitMix64) -> f32 {
+pub(crate) fn gaussian(rng: &mut SplitMix64) -> f32 {
     // Box–Muller.
     let u1 = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let u2 = ((rng.next_u64() >> 11) as f64) / (1u64 << 53) as f64;
@@ -69,7 +69,7 @@ fn content_words(images: usize, rng: &mut SplitMix64) -> Vec<(u32, u32)> {
     pairs.into_iter().cycle().take(images).collect()
 }
 
-fn image_name(i: usize) -> String {
+pub(crate) fn image_name(i: usize) -> String {
     format!("synthetic_{i:012}.npz")
 }
 
@@ -81,42 +81,65 @@ fn write_images(dir: &Path, spec: &SyntheticSpec, rng: &mut SplitMix64) -> Resul
         let mut boxes = Vec::with_capacity(spec.boxes * 6);
         for _ in 0..spec.boxes {
             features.extend(signature.iter().map(|s| s + spec.noise * gaussian(rng)));
-            let (x1, y1) = (0.5 * uniform(rng), 0.5 * uniform(rng));
-            let (x2, y2) = (x1 + 0.5 * uniform(rng), y1 + 0.5 * uniform(rng));
-            boxes.extend([x1, y1, x2, y2, x2 - x1, y2 - y1]);
+            boxes.extend(random_box(rng));
         }
-        let arr = |shape: Vec<usize>, data: Vec<f32>| NdArray {
-            shape,
-            data,
-            dtype: FloatDtype::F16,
-        };
         records.push((
             image_name(i),
-            ImgDump {
-                fields: vec![
-                    ("norm_bb".into(), arr(vec![spec.boxes, 6], boxes)),
-                    ("features".into(), arr(vec![spec.boxes, IMG_DIM], features)),
-                    ("conf".into(), arr(vec![spec.boxes], vec![0.9; spec.boxes])),
-                    (
-                        "soft_labels".into(),
-                        arr(vec![spec.boxes, CLASSES], soft_labels(i, spec.boxes)),
-                    ),
-                ],
-            },
+            image_dump(features, boxes, soft_labels(i, spec.boxes)),
         ));
     }
+    write_image_db(dir, &records)
+}
+
+/// An image db directory as UNITER lays it out: the `conf_th 0.2 / max 100 / min 10` feature
+/// LMDB and its `nbb_*.json` (boxes per image).
+pub(crate) fn write_image_db(dir: &Path, records: &[(String, ImgDump)]) -> Result<(), DataError> {
     write_img_db(
         &dir.join("feat_th0.2_max100_min10"),
-        &records,
+        records,
         ImgDbEncoding::Msgpack,
     )?;
-    let nbb: serde_json::Map<String, Value> = (0..spec.images)
-        .map(|i| (image_name(i), json!(spec.boxes)))
+    let nbb: serde_json::Map<String, Value> = records
+        .iter()
+        .map(|(name, dump)| {
+            let boxes = dump
+                .fields
+                .iter()
+                .find(|(f, _)| f == "norm_bb")
+                .map_or(0, |(_, a)| a.shape[0]);
+            (name.clone(), json!(boxes))
+        })
         .collect();
     write_file(
         &dir.join("nbb_th0.2_max100_min10.json"),
         &Value::Object(nbb).to_string(),
     )
+}
+
+/// One image's region fields as the synthetic dbs store them (f16, `conf` 0.9): `features`
+/// `[boxes, IMG_DIM]`, `norm_bb` `[boxes, 6]`, `soft_labels` `[boxes, CLASSES]`.
+pub(crate) fn image_dump(features: Vec<f32>, boxes: Vec<f32>, soft_labels: Vec<f32>) -> ImgDump {
+    let n = boxes.len() / 6;
+    let arr = |shape: Vec<usize>, data: Vec<f32>| NdArray {
+        shape,
+        data,
+        dtype: FloatDtype::F16,
+    };
+    ImgDump {
+        fields: vec![
+            ("norm_bb".into(), arr(vec![n, 6], boxes)),
+            ("features".into(), arr(vec![n, IMG_DIM], features)),
+            ("conf".into(), arr(vec![n], vec![0.9; n])),
+            ("soft_labels".into(), arr(vec![n, CLASSES], soft_labels)),
+        ],
+    }
+}
+
+/// A random box inside the unit square, as UNITER's `norm_bb`: `x1 y1 x2 y2 w h`.
+pub(crate) fn random_box(rng: &mut SplitMix64) -> [f32; 6] {
+    let (x1, y1) = (0.5 * uniform(rng), 0.5 * uniform(rng));
+    let (x2, y2) = (x1 + 0.5 * uniform(rng), y1 + 0.5 * uniform(rng));
+    [x1, y1, x2, y2, x2 - x1, y2 - y1]
 }
 
 /// Detector classes of the soft labels (background + 1600, as BUTD).
@@ -125,7 +148,7 @@ const CLASSES: usize = 1601;
 /// Soft labels of image `i`'s regions, learnable from the signature: 0.2 background, 0.6 on
 /// the image's class, 0.2 on the next one (no random draws: the other fields' streams stay
 /// as they were before soft labels existed).
-fn soft_labels(i: usize, boxes: usize) -> Vec<f32> {
+pub(crate) fn soft_labels(i: usize, boxes: usize) -> Vec<f32> {
     let class = 1 + (i * 37) % (CLASSES - 2);
     let mut row = vec![0f32; CLASSES];
     row[0] = 0.2;
@@ -134,7 +157,7 @@ fn soft_labels(i: usize, boxes: usize) -> Vec<f32> {
     row.repeat(boxes)
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), DataError> {
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), DataError> {
     std::fs::write(path, text).map_err(|e| DataError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -148,35 +171,62 @@ fn write_captions(
     first_id: usize,
     rng: &mut SplitMix64,
 ) -> Result<(), DataError> {
+    let mut captions = Vec::new();
+    for (i, &(a, b)) in words.iter().enumerate() {
+        for _ in 0..per_image {
+            let fillers = 1 + rng.below(3);
+            let mut tokens: Vec<u32> = vec![a, b];
+            tokens.extend((0..fillers).map(|_| FILLER0 + rng.below(FILLERS as usize) as u32));
+            rng.shuffle(&mut tokens);
+            captions.push(Caption {
+                image: image_name(i),
+                input_ids: tokens,
+                raw: None,
+            });
+        }
+    }
+    write_txt_db(dir, &captions, first_id)
+}
+
+/// One caption of a synthetic txt_db.
+pub(crate) struct Caption {
+    pub image: String,
+    /// WordPiece ids without [CLS]/[SEP].
+    pub input_ids: Vec<u32>,
+    pub raw: Option<String>,
+}
+
+/// A txt_db as UNITER's `prepro.py` lays it out (records keyed by caption id, numbered from
+/// `first_id`, plus `id2len.json`, `txt2img.json`, `img2txts.json`, `meta.json`), in the
+/// tiny vocabulary's id ranges.
+pub(crate) fn write_txt_db(
+    dir: &Path,
+    captions: &[Caption],
+    first_id: usize,
+) -> Result<(), DataError> {
     let mut records = Vec::new();
     let (mut id2len, mut txt2img, mut img2txts) = (
         serde_json::Map::new(),
         serde_json::Map::new(),
         serde_json::Map::new(),
     );
-    let mut next = first_id;
-    for (i, &(a, b)) in words.iter().enumerate() {
-        let img = image_name(i);
-        let mut ids = Vec::new();
-        for _ in 0..per_image {
-            let id = next.to_string();
-            next += 1;
-            let fillers = 1 + rng.below(3);
-            let mut tokens: Vec<u32> = vec![a, b];
-            tokens.extend((0..fillers).map(|_| FILLER0 + rng.below(FILLERS as usize) as u32));
-            rng.shuffle(&mut tokens);
-            id2len.insert(id.clone(), json!(tokens.len()));
-            txt2img.insert(id.clone(), json!(img));
+    for (n, c) in captions.iter().enumerate() {
+        let id = (first_id + n).to_string();
+        id2len.insert(id.clone(), json!(c.input_ids.len()));
+        txt2img.insert(id.clone(), json!(c.image));
+        if let Value::Array(ids) = img2txts
+            .entry(c.image.clone())
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
             ids.push(json!(id));
-            let rec = TxtRecord {
-                id: id.clone(),
-                input_ids: tokens,
-                img_fname: img.clone(),
-                raw: None,
-            };
-            records.push((id, encode_txt_record(&rec)?));
         }
-        img2txts.insert(img, Value::Array(ids));
+        let rec = TxtRecord {
+            id: id.clone(),
+            input_ids: c.input_ids.clone(),
+            img_fname: c.image.clone(),
+            raw: c.raw.clone(),
+        };
+        records.push((id, encode_txt_record(&rec)?));
     }
     write_lmdb(dir, &records)?;
     for (f, v) in [
@@ -238,6 +288,13 @@ pub fn write_synthetic(
         test0,
         &mut rng,
     )?;
+    write_fine_tune_config(dir, overrides)
+}
+
+/// The tiny towers' configs and a fine-tune config in the reference's form over the dbs
+/// `img`, `txt_train.db`, `txt_dev.db` and `txt_test.db` of `dir`; `overrides` (a JSON object)
+/// replaces fields. Returns the config's path.
+pub(crate) fn write_fine_tune_config(dir: &Path, overrides: &Value) -> Result<PathBuf, DataError> {
     let cfg = tiny_encoder_config().to_string();
     write_file(&dir.join("img_config.json"), &cfg)?;
     write_file(&dir.join("txt_config.json"), &cfg)?;
