@@ -118,6 +118,26 @@ fn demo_runs_on_embedded_model() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("OK: 19 stages match"), "{text}");
+    // The retrieval job: learned (the demo itself fails below R@1 0.9), indexed, queried.
+    assert!(
+        text.contains("3 of 3 queries answered with the scene asked for"),
+        "{text}"
+    );
+    let after = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("after "))
+        .unwrap_or_else(|| panic!("no recall line: {text}"));
+    let r1: f64 = after.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(r1 >= 0.9, "{after}");
+}
+
+#[test]
+fn demo_parity_only() {
+    let out = bin(&["demo", "--parity"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("OK: 19 stages match"), "{text}");
+    assert!(!text.contains("== retrieval"), "{text}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Learning end to end on a synthetic task (captions predictable from the region features,
 //! generated in the test): a tiny model from random weights goes from chance to text→image
-//! recall@1 above 0.9 on held-out captions in well under two minutes, and `best/` is a model
+//! recall@1 above 0.9 on held-out captions (the time is printed, not asserted: speed belongs
+//! in benchmarks), and `best/` is a model
 //! directory that `lightningdot eval` scores exactly as `metrics.json` records.
 
 use std::process::Command;
@@ -66,7 +67,6 @@ fn learns_from_chance_to_recall_above_0_9() {
     assert!(last.dev.image_retrieval.r1 > 0.9, "{:?}", last.dev);
     let test = summary.test.clone().expect("test recall of best/");
     assert!(test.image_retrieval.r1 > 0.9, "{test:?}");
-    assert!(elapsed < Duration::from_secs(120), "took {elapsed:?}");
 
     // metrics.json and best/ as `eval` sees them.
     let out = tmp.path().join("out");
