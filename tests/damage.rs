@@ -561,156 +561,108 @@ fn tokenizer_vocab() {
 
 // ---- training output directories being resumed ---------------------------------------------
 
-/// A fine-tuning run on the synthetic task stopped after epoch 1 of 2, made once.
-fn stopped_train_run() -> &'static (PathBuf, PathBuf) {
-    static RUN: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("damage-train");
-        let _ = std::fs::remove_dir_all(&dir);
-        let spec = lightningdot::train::synthetic::SyntheticSpec {
-            images: 8,
-            train_captions_per_image: 2,
-            eval_captions_per_image: 1,
-            ..Default::default()
-        };
-        let cfg = lightningdot::train::synthetic::write_synthetic(
-            &dir,
-            &spec,
-            &json!({"num_train_epochs": 2}),
-        )
+/// Runs `lightningdot <command> --dashboard plain --config CFG --output-dir OUT extra…` and
+/// stops after its first commit, so that OUT is a run to resume.
+fn stopped_run(command: &str, cfg: &Path, out: &Path, stop: &[&str]) {
+    let _ = std::fs::remove_dir_all(out);
+    let res = Command::new(BIN)
+        .args([command, "--dashboard", "plain", "--config"])
+        .arg(cfg)
+        .arg("--output-dir")
+        .arg(out)
+        .args(stop)
+        .env("RUST_LOG", "warn")
+        .output()
         .unwrap();
-        let out = dir.join("out");
-        let ok = Command::new(BIN)
-            .args(os(&[
-                &"train",
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+/// Damages every file a resumed run reads, one at a time, and resumes.
+fn check_resumed(command: &'static str, cfg: &Path, out: &Path, extra: &[&str], seed: u64) {
+    // burn-train's per-metric `.log` files and `train.log` are only appended to, never read.
+    let read = files(out)
+        .into_iter()
+        .filter(|f| f.extension().is_none_or(|e| e != "log"));
+    for (i, file) in read.enumerate() {
+        let rel = file.strip_prefix(out).unwrap().to_path_buf();
+        let kind: &'static str =
+            Box::leak(format!("{command} output {}", rel.display()).into_boxed_str());
+        let case = |dir: &Path| {
+            let run = dir.join("out");
+            copy(out, &run);
+            let mut args = os(&[
+                &command,
                 &"--dashboard",
                 &"plain",
-                &"--no-test",
-                &"--stop-after-epoch",
-                &"1",
                 &"--config",
                 &cfg,
                 &"--output-dir",
-                &out,
-            ]))
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        (cfg, out)
-    })
+                &run,
+            ]);
+            args.extend(extra.iter().map(OsString::from));
+            Case {
+                kind,
+                target: run.join(&rel),
+                args,
+                outputs: vec![],
+                truncation_detected: false,
+            }
+        };
+        check(case, 2, seed + i as u64);
+    }
+}
+
+/// The synthetic task for a run's output directory, in `CARGO_TARGET_TMPDIR/name`.
+fn synthetic_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 #[test]
 fn fine_tuning_output_resumed() {
-    let (cfg, out) = stopped_train_run();
-    // burn-train's per-metric `.log` files and `train.log` are only appended to, never read.
-    let read = files(out)
-        .into_iter()
-        .filter(|f| f.extension().is_none_or(|e| e != "log"));
-    for (i, file) in read.enumerate() {
-        let rel = file.strip_prefix(out).unwrap().to_path_buf();
-        let kind: &'static str =
-            Box::leak(format!("train output {}", rel.display()).into_boxed_str());
-        let case = |dir: &Path| {
-            let run = dir.join("out");
-            copy(out, &run);
-            Case {
-                kind,
-                target: run.join(&rel),
-                args: os(&[
-                    &"train",
-                    &"--dashboard",
-                    &"plain",
-                    &"--no-test",
-                    &"--config",
-                    cfg,
-                    &"--output-dir",
-                    &run,
-                ]),
-                outputs: vec![],
-                truncation_detected: false,
-            }
-        };
-        check(case, 2, 40 + i as u64);
-    }
-}
-
-/// A pre-training run on the synthetic task stopped after its first checkpoint, made once.
-fn stopped_pretrain_run() -> &'static (PathBuf, PathBuf) {
-    static RUN: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("damage-pretrain");
-        let _ = std::fs::remove_dir_all(&dir);
-        // The default size: the token-bucket sampler needs a few full batches.
-        let spec = lightningdot::train::synthetic::SyntheticSpec::default();
-        let cfg = lightningdot::pretrain::synthetic::write_pretrain_synthetic(
-            &dir,
-            &spec,
-            &json!({"num_train_steps": 4, "valid_steps": 2, "warmup_steps": 1}),
-        )
-        .unwrap();
-        let out = dir.join("out");
-        let ok = Command::new(BIN)
-            .args(os(&[
-                &"pretrain",
-                &"--dashboard",
-                &"plain",
-                &"--stop-after",
-                &"1",
-                &"--config",
-                &cfg,
-                &"--output-dir",
-                &out,
-            ]))
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        (cfg, out)
-    })
+    // A fine-tuning run stopped after epoch 1 of 2.
+    let dir = synthetic_dir("damage-train");
+    let spec = lightningdot::train::synthetic::SyntheticSpec {
+        images: 8,
+        train_captions_per_image: 2,
+        eval_captions_per_image: 1,
+        ..Default::default()
+    };
+    let cfg = lightningdot::train::synthetic::write_synthetic(
+        &dir,
+        &spec,
+        &json!({"num_train_epochs": 2}),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    stopped_run(
+        "train",
+        &cfg,
+        &out,
+        &["--no-test", "--stop-after-epoch", "1"],
+    );
+    check_resumed("train", &cfg, &out, &["--no-test"], 40);
 }
 
 #[test]
 fn pretraining_output_resumed() {
-    let (cfg, out) = stopped_pretrain_run();
-    // burn-train's per-metric `.log` files and `train.log` are only appended to, never read.
-    let read = files(out)
-        .into_iter()
-        .filter(|f| f.extension().is_none_or(|e| e != "log"));
-    for (i, file) in read.enumerate() {
-        let rel = file.strip_prefix(out).unwrap().to_path_buf();
-        let kind: &'static str =
-            Box::leak(format!("pretrain output {}", rel.display()).into_boxed_str());
-        let case = |dir: &Path| {
-            let run = dir.join("out");
-            copy(out, &run);
-            Case {
-                kind,
-                target: run.join(&rel),
-                args: os(&[
-                    &"pretrain",
-                    &"--dashboard",
-                    &"plain",
-                    &"--config",
-                    cfg,
-                    &"--output-dir",
-                    &run,
-                ]),
-                outputs: vec![],
-                truncation_detected: false,
-            }
-        };
-        check(case, 2, 80 + i as u64);
-    }
+    // A pre-training run stopped after its first checkpoint; the default task size, since the
+    // token-bucket sampler needs a few full batches.
+    let dir = synthetic_dir("damage-pretrain");
+    let cfg = lightningdot::pretrain::synthetic::write_pretrain_synthetic(
+        &dir,
+        &lightningdot::train::synthetic::SyntheticSpec::default(),
+        &json!({"num_train_steps": 4, "valid_steps": 2, "warmup_steps": 1}),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    stopped_run("pretrain", &cfg, &out, &["--stop-after", "1"]);
+    check_resumed("pretrain", &cfg, &out, &[], 80);
 }
 
 /// The common real-world case, spelled out: an img_db or txt_db whose copy stopped halfway.
