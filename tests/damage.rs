@@ -668,9 +668,12 @@ fn pretraining_output_resumed() {
 /// The common real-world case, spelled out: an img_db or txt_db whose copy stopped halfway.
 #[test]
 fn truncated_lmdb_names_the_db_and_both_sizes() {
-    for db in ["img", "txt"] {
+    for (db, file) in [
+        ("img", "feat_th0.2_max100_min10/data.mdb"),
+        ("txt", "data.mdb"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let case = index_case("half-copied LMDB", db, "data.mdb");
+        let case = index_case("half-copied LMDB", db, file);
         let case = case(dir.path());
         let len = std::fs::metadata(&case.target).unwrap().len();
         apply(&case.target, Damage::TruncateAt(len / 2));

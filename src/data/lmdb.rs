@@ -57,6 +57,15 @@ fn open_env(dir: &Path, canonical: &Path) -> Result<LmdbReader, DataError> {
     // SAFETY: READ_ONLY means this process never writes the map; NO_LOCK shifts reader/writer
     // exclusion to the user, which is fine for dbs that are not being written while read.
     unsafe { options.flags(EnvFlags::READ_ONLY | EnvFlags::NO_LOCK) };
+    // Map the file's length, not the writer's map size: UNITER writes its dbs with a 1 TiB
+    // map size, a reservation that fails under an address-space limit (`ulimit -v`, qemu-user).
+    // LMDB still maps at least the pages in use. 64 KiB is a multiple of every OS page size.
+    let file = dir.join("data.mdb");
+    let len = std::fs::metadata(&file)
+        .map_err(|e| DataError::io(&file, e))?
+        .len() as usize;
+    const MAP_UNIT: usize = 64 << 10;
+    options.map_size(len.div_ceil(MAP_UNIT).max(1) * MAP_UNIT);
 
     // The previous handle of this path may still be closing on another thread (its Arc reached
     // zero but heed has not yet forgotten the path); that window is microseconds wide.
