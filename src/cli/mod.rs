@@ -2,6 +2,7 @@
 
 mod convert;
 mod demo;
+mod detector;
 mod eval;
 mod export;
 mod forward;
