@@ -116,7 +116,7 @@ impl<B: Backend> RoiHeads<B> {
             if start == 0
                 && let Some(out) = res5_first.take()
             {
-                *out = host(y.clone().slice([0..1]));
+                *out = host(y.clone().narrow(0, 0, 1));
             }
             let [_, d, _, _] = y.dims();
             feature_pooled.extend(host(y.mean_dim(3).mean_dim(2).reshape([n, d])));
