@@ -5,6 +5,7 @@ mod demo;
 mod detector;
 mod eval;
 mod export;
+mod extract;
 mod forward;
 mod index;
 mod inspect;
@@ -53,6 +54,8 @@ enum Command {
     /// Run a batch (reference collate form) through the towers, the cross-encoder or a
     /// pre-training task and write every output.
     Forward(forward::ForwardArgs),
+    /// Detect regions in a folder of images with the BUTD detector and write a UNITER img_db.
+    Extract(extract::ExtractArgs),
     /// Encode every image (and caption) of the dbs once into an index directory.
     Index(index::IndexArgs),
     /// Query an index: text -> images, or --image ID -> captions.
@@ -124,6 +127,7 @@ pub fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a, cli.device),
         Command::Export(a) => export::run(a),
         Command::Forward(a) => forward::run(a, cli.device),
+        Command::Extract(a) => extract::run(a, cli.device),
         Command::Index(a) => index::run(a, cli.device),
         Command::Search(a) => search::run(a, cli.device),
         Command::Serve(a) => serve::run(a, cli.device),

@@ -78,14 +78,105 @@ pub fn write_img_db(
             encode_img_record(dump, encoding)?,
         ));
     }
-    // `json.dumps(list)` spacing, as convert_imgdir.py writes it.
-    let names: Vec<String> = records
-        .iter()
-        .map(|(n, _)| serde_json::Value::from(n.as_str()).to_string())
-        .collect();
-    let keys = format!("[{}]", names.join(", "));
-    entries.push((KEYS_KEY.as_bytes().to_vec(), keys.into_bytes()));
+    let names: Vec<&str> = records.iter().map(|(n, _)| n.as_str()).collect();
+    entries.push((KEYS_KEY.as_bytes().to_vec(), keys_value(&names)));
     write_lmdb(lmdb_dir, &entries)
+}
+
+/// The `__keys__` value: `json.dumps(list)` spacing, as convert_imgdir.py writes it.
+fn keys_value(names: &[&str]) -> Vec<u8> {
+    let names: Vec<String> = names
+        .iter()
+        .map(|n| serde_json::Value::from(*n).to_string())
+        .collect();
+    format!("[{}]", names.join(", ")).into_bytes()
+}
+
+/// An image feature LMDB filled batch by batch: each [`ImgDbAppender::commit`] is one LMDB
+/// transaction holding the batch's records and the updated `__keys__`, so a killed run leaves
+/// the db as of its last commit (never a half record) and a rerun continues from
+/// [`ImgDbAppender::names`].
+pub struct ImgDbAppender {
+    dir: std::path::PathBuf,
+    env: heed::Env,
+    db: Database<'static, Bytes, Bytes>,
+    names: Vec<String>,
+    known: std::collections::HashSet<String>,
+}
+
+impl ImgDbAppender {
+    /// Opens (creating if needed) the LMDB in directory `lmdb_dir`.
+    pub fn open(lmdb_dir: &Path) -> Result<Self, DataError> {
+        std::fs::create_dir_all(lmdb_dir).map_err(|e| DataError::io(lmdb_dir, e))?;
+        let lmdb_err = |e| DataError::lmdb(lmdb_dir, e);
+        // The map is virtual address space, not disk: 1 TiB covers any image collection.
+        // SAFETY: this process is the only writer of a directory it owns for the run.
+        let env =
+            unsafe { EnvOpenOptions::new().map_size(1 << 40).open(lmdb_dir) }.map_err(lmdb_err)?;
+        let wtxn = env.write_txn().map_err(lmdb_err)?;
+        let db: Database<'static, Bytes, Bytes> = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| {
+                opener
+                    .create_database::<Bytes, Bytes>(wtxn, None)
+                    .map(CommitOrAbort::<_, ()>::Commit)
+            })
+            .map_err(|e: heed::Error| lmdb_err(e))?
+            .unwrap_commit();
+        let rtxn = env.read_txn().map_err(lmdb_err)?;
+        let mut names = Vec::new();
+        for entry in db.iter(&rtxn).map_err(lmdb_err)? {
+            let (key, _) = entry.map_err(lmdb_err)?;
+            if key != KEYS_KEY.as_bytes() {
+                names.push(String::from_utf8_lossy(key).into_owned());
+            }
+        }
+        drop(rtxn);
+        Ok(Self {
+            dir: lmdb_dir.to_path_buf(),
+            env,
+            db,
+            known: names.iter().cloned().collect(),
+            names,
+        })
+    }
+
+    /// Record names committed so far (all runs), in commit order of this run's view.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Writes `records` and the new `__keys__` in one transaction.
+    pub fn commit(
+        &mut self,
+        records: &[(String, ImgDump)],
+        encoding: ImgDbEncoding,
+    ) -> Result<(), DataError> {
+        let lmdb_err = |e| DataError::lmdb(&self.dir, e);
+        let mut wtxn = self.env.write_txn().map_err(lmdb_err)?;
+        let mut added = Vec::new();
+        for (name, dump) in records {
+            let value = encode_img_record(dump, encoding)?;
+            self.db
+                .put(&mut wtxn, name.as_bytes(), &value)
+                .map_err(lmdb_err)?;
+            if !self.known.contains(name) && !added.contains(name) {
+                added.push(name.clone());
+            }
+        }
+        let refs: Vec<&str> = self
+            .names
+            .iter()
+            .chain(&added)
+            .map(String::as_str)
+            .collect();
+        self.db
+            .put(&mut wtxn, KEYS_KEY.as_bytes(), &keys_value(&refs))
+            .map_err(lmdb_err)?;
+        wtxn.commit().map_err(lmdb_err)?;
+        self.known.extend(added.iter().cloned());
+        self.names.extend(added);
+        Ok(())
+    }
 }
 
 /// The LMDB value of one image record, each array stored with its own `dtype`.
