@@ -37,8 +37,8 @@ pub use load::{
     resolve_path,
 };
 pub use model_dir::{
-    ModelDir, ModelSource, RecordPrecision, VOCAB_FILES, infer_project_dim, write_model_dir,
-    write_model_dir_with_vocab,
+    ModelDir, ModelSource, RecordPrecision, VOCAB_FILES, infer_project_dim, write_dir_atomically,
+    write_model_dir, write_model_dir_with_vocab,
 };
 pub use pretrain::{
     HEADS_RECORD, HeadsSource, load_pretraining, load_pretraining_source,

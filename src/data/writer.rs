@@ -212,13 +212,26 @@ pub fn encode_txt_record(record: &TxtRecord) -> Result<Vec<u8>, DataError> {
         raw: record.raw.as_deref(),
     })
     .map_err(|e| DataError::Batch(format!("cannot pack caption '{}': {e}", record.id)))?;
+    lz4_frame(&packed, &record.id)
+}
+
+/// The LMDB value of a caption given as any msgpack map (prepro.py stores every annotation
+/// field of the sentence plus its own): lz4 frame of the msgpack bytes.
+pub fn encode_txt_value(value: &Value, id: &str) -> Result<Vec<u8>, DataError> {
+    let mut packed = Vec::new();
+    rmpv::encode::write_value(&mut packed, value)
+        .map_err(|e| DataError::Batch(format!("cannot pack caption '{id}': {e}")))?;
+    lz4_frame(&packed, id)
+}
+
+fn lz4_frame(packed: &[u8], id: &str) -> Result<Vec<u8>, DataError> {
     let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
     encoder
-        .write_all(&packed)
-        .map_err(|e| DataError::Batch(format!("cannot compress caption '{}': {e}", record.id)))?;
+        .write_all(packed)
+        .map_err(|e| DataError::Batch(format!("cannot compress caption '{id}': {e}")))?;
     encoder
         .finish()
-        .map_err(|e| DataError::Batch(format!("cannot compress caption '{}': {e}", record.id)))
+        .map_err(|e| DataError::Batch(format!("cannot compress caption '{id}': {e}")))
 }
 
 /// Little-endian element bytes of `array` in its dtype.
