@@ -18,6 +18,7 @@ use regex::Regex;
 
 use super::checkpoint::{Checkpoint, Layout};
 use super::error::ConvertError;
+use super::keymap::gamma_beta_to_weight_bias;
 use super::load::{LoadOptions, LoadReport, apply_plan, model_params, plan, select_tensors};
 use super::model_dir::write_dir_atomically;
 use crate::model::detector::{Detector, DetectorConfig, DetectorModel};
@@ -42,13 +43,7 @@ pub fn detector_key_to_burn(key: &str) -> Option<String> {
         return None;
     }
     // `from_pretrained` renames old `gamma`/`beta` names before its strict load.
-    let key = if let Some(s) = key.strip_suffix(".gamma") {
-        format!("{s}.weight")
-    } else if let Some(s) = key.strip_suffix(".beta") {
-        format!("{s}.bias")
-    } else {
-        key.to_string()
-    };
+    let key = gamma_beta_to_weight_bias(key);
     Some(CONV_BN.replace(&key, "$1.conv.weight").into_owned())
 }
 

@@ -396,22 +396,7 @@ fn fixed_proposals_match_the_reference() {
 }
 
 fn manifest(name: &str) -> Vec<(String, Vec<usize>)> {
-    let text = std::fs::read_to_string(butd().join(name)).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            (t["key"].as_str().unwrap().to_string(), shape)
-        })
-        .collect()
+    common::manifest_entries(&butd().join(name))
 }
 
 fn config(name: &str) -> DetectorConfig {
@@ -499,15 +484,14 @@ fn too_few_detections_is_an_error_not_a_crash() {
 fn forward_cli_writes_every_fixture_stage() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.safetensors");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"))
-        .args(["forward", "--task", "detector", "--checkpoint"])
-        .arg(butd())
-        .arg("--image")
-        .arg(image_path("landscape_320x240"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let (ckpt, image) = (butd(), image_path("landscape_320x240"));
+    let forward = |extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"forward", &"--task", &"detector", &"--checkpoint", &ckpt];
+        args.extend_from_slice(extra);
+        common::run_cli(&args)
+    };
+    let status = forward(&[&"--image", &image, &"--out", &out]);
     assert!(
         status.status.success(),
         "{}",
@@ -526,17 +510,8 @@ fn forward_cli_writes_every_fixture_stage() {
     assert!(d < 1e-3, "{d}");
     // Fixed proposals through the CLI.
     let out2 = dir.path().join("fixed.safetensors");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"))
-        .args(["forward", "--task", "detector", "--checkpoint"])
-        .arg(butd())
-        .arg("--image")
-        .arg(image_path("landscape_320x240"))
-        .arg("--proposals")
-        .arg(butd().join("fixed_proposals/landscape_320x240.safetensors"))
-        .arg("--out")
-        .arg(&out2)
-        .output()
-        .unwrap();
+    let boxes = butd().join("fixed_proposals/landscape_320x240.safetensors");
+    let status = forward(&[&"--image", &image, &"--proposals", &boxes, &"--out", &out2]);
     assert!(
         status.status.success(),
         "{}",
@@ -547,15 +522,12 @@ fn forward_cli_writes_every_fixture_stage() {
     // A corrupt image is one clean error line.
     let bad = dir.path().join("bad.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"))
-        .args(["forward", "--task", "detector", "--checkpoint"])
-        .arg(butd())
-        .arg("--image")
-        .arg(&bad)
-        .arg("--out")
-        .arg(dir.path().join("x.safetensors"))
-        .output()
-        .unwrap();
+    let o = forward(&[
+        &"--image",
+        &bad,
+        &"--out",
+        &dir.path().join("x.safetensors"),
+    ]);
     common::assert_clean_error(&o, "bad.png");
 }
 
@@ -589,16 +561,17 @@ fn extract_writes_the_fixture_records_and_survives_bad_images() {
     std::fs::write(images.join("empty.png"), b"").unwrap();
     let out = dir.path().join("img_db");
     let run = |images: &std::path::Path| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"))
-            .args(["extract", "--detector"])
-            .arg(butd())
-            .arg("--images")
-            .arg(images)
-            .arg("--out")
-            .arg(&out)
-            .args(["--batch-size", "2"])
-            .output()
-            .unwrap();
+        let o = common::run_cli(&[
+            &"extract",
+            &"--detector",
+            &butd(),
+            &"--images",
+            &images,
+            &"--out",
+            &out,
+            &"--batch-size",
+            &"2",
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     // A first run over a list of two images, then the folder: the rerun continues.

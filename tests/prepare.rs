@@ -58,15 +58,19 @@ fn prepare_captions_reproduces_the_fixture_txt_db() {
     let want = f.join("data/txt_db/itm_flickr_tiny_test_tiny-cased.db");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("itm_flickr_tiny_test.db");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"))
-        .args(["prepare", "captions", "--annotations"])
-        .arg(f.join("data/annotations/flickr_tiny_test.json"))
-        .arg("--vocab")
-        .arg(f.join("config/txt_model_config"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let prepare = || {
+        common::run_cli(&[
+            &"prepare",
+            &"captions",
+            &"--annotations",
+            &f.join("data/annotations/flickr_tiny_test.json"),
+            &"--vocab",
+            &f.join("config/txt_model_config"),
+            &"--out",
+            &out,
+        ])
+    };
+    let o = prepare();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (got, expected) = (records(&out), records(&want));
     assert_eq!(got.len(), 100);
@@ -89,16 +93,7 @@ fn prepare_captions_reproduces_the_fixture_txt_db() {
     let db = lightningdot::data::TxtDb::open(&out).unwrap();
     assert_eq!(db.len(), 100);
     // An existing output is refused, a bad file is one error line.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"))
-        .args(["prepare", "captions", "--annotations"])
-        .arg(f.join("data/annotations/flickr_tiny_test.json"))
-        .arg("--vocab")
-        .arg(f.join("config/txt_model_config"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    common::assert_clean_error(&again, "already exists");
+    common::assert_clean_error(&prepare(), "already exists");
 }
 
 #[test]
@@ -112,15 +107,16 @@ fn prepare_captions_reads_json_lines_with_extract_names() {
     )
     .unwrap();
     let out = dir.path().join("txt_db");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"))
-        .args(["prepare", "captions", "--annotations"])
-        .arg(&ann)
-        .arg("--vocab")
-        .arg(f.join("config/txt_model_config"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = common::run_cli(&[
+        &"prepare",
+        &"captions",
+        &"--annotations",
+        &ann,
+        &"--vocab",
+        &f.join("config/txt_model_config"),
+        &"--out",
+        &out,
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         std::fs::read_to_string(out.join("txt2img.json")).unwrap(),

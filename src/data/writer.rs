@@ -44,7 +44,23 @@ pub fn write_lmdb<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     // every page size LMDB runs with.
     let map_size = (payload * 2 + (16 << 20)).next_multiple_of(1 << 20);
     let lmdb_err = |e| DataError::lmdb(dir, e);
-    // SAFETY: a fresh environment this function owns until it returns; nothing else maps it.
+    let (env, db) = create_env(dir, map_size)?;
+    let mut wtxn = env.write_txn().map_err(lmdb_err)?;
+    for (key, value) in entries {
+        db.put(&mut wtxn, key.as_ref(), value.as_ref())
+            .map_err(lmdb_err)?;
+    }
+    wtxn.commit().map_err(lmdb_err)?;
+    Ok(())
+}
+
+/// Opens (creating) the environment in `dir` and its unnamed database for writing.
+fn create_env(
+    dir: &Path,
+    map_size: usize,
+) -> Result<(heed::Env, Database<'static, Bytes, Bytes>), DataError> {
+    let lmdb_err = |e| DataError::lmdb(dir, e);
+    // SAFETY: the caller owns `dir` while writing; nothing else writes this map.
     let env = unsafe { EnvOpenOptions::new().map_size(map_size).open(dir) }.map_err(lmdb_err)?;
     let wtxn = env.write_txn().map_err(lmdb_err)?;
     let db: Database<'static, Bytes, Bytes> = env
@@ -55,13 +71,7 @@ pub fn write_lmdb<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         })
         .map_err(|e: heed::Error| lmdb_err(e))?
         .unwrap_commit();
-    let mut wtxn = env.write_txn().map_err(lmdb_err)?;
-    for (key, value) in entries {
-        db.put(&mut wtxn, key.as_ref(), value.as_ref())
-            .map_err(lmdb_err)?;
-    }
-    wtxn.commit().map_err(lmdb_err)?;
-    Ok(())
+    Ok((env, db))
 }
 
 /// Writes an image feature LMDB (e.g. `<img_db>/feat_th0.2_max100_min10_compressed`) holding
@@ -110,18 +120,7 @@ impl ImgDbAppender {
         std::fs::create_dir_all(lmdb_dir).map_err(|e| DataError::io(lmdb_dir, e))?;
         let lmdb_err = |e| DataError::lmdb(lmdb_dir, e);
         // The map is virtual address space, not disk: 1 TiB covers any image collection.
-        // SAFETY: this process is the only writer of a directory it owns for the run.
-        let env =
-            unsafe { EnvOpenOptions::new().map_size(1 << 40).open(lmdb_dir) }.map_err(lmdb_err)?;
-        let wtxn = env.write_txn().map_err(lmdb_err)?;
-        let db: Database<'static, Bytes, Bytes> = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| {
-                opener
-                    .create_database::<Bytes, Bytes>(wtxn, None)
-                    .map(CommitOrAbort::<_, ()>::Commit)
-            })
-            .map_err(|e: heed::Error| lmdb_err(e))?
-            .unwrap_commit();
+        let (env, db) = create_env(lmdb_dir, 1 << 40)?;
         let rtxn = env.read_txn().map_err(lmdb_err)?;
         let mut names = Vec::new();
         for entry in db.iter(&rtxn).map_err(lmdb_err)? {
