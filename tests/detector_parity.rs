@@ -635,3 +635,58 @@ fn extract_writes_the_fixture_records_and_survives_bad_images() {
         );
     }
 }
+
+#[test]
+fn extract_resumes_after_kill_9() {
+    use lightningdot::data::img_db::{ImgDb, ImgDbOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for i in 0..6 {
+        std::fs::copy(
+            image_path("wide_400x100"),
+            images.join(format!("img{i}.png")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("img_db");
+    let cmd = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"));
+        c.arg("extract")
+            .arg("--detector")
+            .arg(butd())
+            .arg("--images")
+            .arg(&images)
+            .arg("--out")
+            .arg(&out)
+            .args(["--batch-size", "1"]);
+        c
+    };
+    let mut child = cmd()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it (SIGKILL) once the first batch is committed, or whenever it ends first.
+    let nbb = out.join("nbb_th0.2_max100_min10.json");
+    let start = std::time::Instant::now();
+    while !nbb.exists() && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let o = cmd().output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let db = ImgDb::open(&out, ImgDbOptions::default()).unwrap();
+    assert_eq!(db.names().len(), 6);
+    // Same image, same record, whichever run wrote it.
+    let first = db.get_dump("img0.npz").unwrap();
+    for i in 1..6 {
+        assert_eq!(
+            db.get_dump(&format!("img{i}.npz")).unwrap(),
+            first,
+            "img{i}"
+        );
+        assert!(db.num_bb(&format!("img{i}.npz")).is_ok());
+    }
+}

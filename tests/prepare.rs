@@ -125,3 +125,52 @@ fn prepare_captions_reads_json_lines_with_extract_names() {
     let db = lightningdot::data::TxtDb::open(&out).unwrap();
     assert_eq!(db.get("7").unwrap().img_fname, "dog.npz");
 }
+
+#[test]
+fn prepare_features_converts_npz_files_like_convert_imgdir() {
+    use lightningdot::data::img_db::{ImgDb, ImgDbOptions, ImgDump};
+    let butd = common::fixtures().join("butd/uniter");
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("npz");
+    std::fs::create_dir(&npz).unwrap();
+    let names = ["landscape_320x240", "wide_400x100"];
+    for n in names {
+        std::fs::copy(butd.join(format!("{n}.npz")), npz.join(format!("{n}.npz"))).unwrap();
+    }
+    std::fs::write(npz.join("broken.npz"), b"PK\x03\x04 not a zip").unwrap();
+    let out = dir.path().join("img_db");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"prepare", &"features", &"--npz", &npz, &"--out", &out];
+        for e in extra {
+            v.push(e);
+        }
+        common::run_cli(&v)
+    };
+    let o = args(&["--min-bb", "12"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let options = ImgDbOptions {
+        min_bb: 12,
+        ..Default::default()
+    };
+    let db = ImgDb::open(&out, options).unwrap();
+    assert_eq!(db.names().len(), 2);
+    for n in names {
+        let want =
+            ImgDump::from_npz(&std::fs::read(butd.join(format!("{n}.npz"))).unwrap()).unwrap();
+        let got = db.get_dump(&format!("{n}.npz")).unwrap();
+        let conf = &want.get("conf").unwrap().data;
+        // Every fixture conf is above 0.2, so the count is clamped by the record size.
+        let nbb = conf.iter().filter(|&&c| c > 0.2).count().clamp(12, 100);
+        assert_eq!(db.num_bb(&format!("{n}.npz")).unwrap(), nbb);
+        for (field, array) in &want.fields {
+            let g = got.get(field).unwrap();
+            let rows = array.shape[0].min(nbb);
+            let row = array.data.len() / array.shape[0];
+            assert_eq!(g.shape[0], rows, "{n} {field}");
+            assert_eq!(g.data, array.data[..rows * row].to_vec(), "{n} {field}");
+        }
+    }
+    let skipped = std::fs::read_to_string(out.join("skipped.json")).unwrap();
+    assert!(skipped.contains("broken.npz"), "{skipped}");
+}

@@ -35,6 +35,16 @@ pub struct ExtractArgs {
     /// The image db directory to write (created; an existing one is continued).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub selection: BoxSelectionArgs,
+    /// Images per committed LMDB transaction (a killed run resumes after the last one).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+}
+
+/// UNITER's box selection of an img_db (`conf_th` / `min_bb` / `max_bb`, or a fixed `num_bb`).
+#[derive(Args, Debug, Clone)]
+pub struct BoxSelectionArgs {
     /// UNITER's confidence threshold for the per-image box count (nbb json).
     #[arg(long, default_value_t = 0.2)]
     pub conf_th: f32,
@@ -44,16 +54,123 @@ pub struct ExtractArgs {
     /// Upper clamp of the box count.
     #[arg(long, default_value_t = 100)]
     pub max_bb: usize,
-    /// A fixed number of regions per image instead (sets the detector's min / max detections;
-    /// writes `feat_numbb{N}`, read with `conf_th: -1, num_bb: N`).
+    /// A fixed number of regions per image instead (`feat_numbb{N}`, read with `conf_th: -1,
+    /// num_bb: N`); `extract` sets the detector's min / max detections to N.
     #[arg(long, conflicts_with_all = ["conf_th", "min_bb", "max_bb"])]
     pub num_bb: Option<usize>,
-    /// Images per committed LMDB transaction (a killed run resumes after the last one).
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
     /// Write the `_compressed` (npz) records instead of msgpack.
     #[arg(long)]
     pub compressed: bool,
+}
+
+impl BoxSelectionArgs {
+    /// The img_db options these flags select.
+    pub fn options(&self) -> Result<ImgDbOptions> {
+        if self.num_bb == Some(0) {
+            bail!("--num-bb must be at least 1");
+        }
+        if self.min_bb > self.max_bb {
+            bail!(
+                "--min-bb {} is larger than --max-bb {}",
+                self.min_bb,
+                self.max_bb
+            );
+        }
+        Ok(match self.num_bb {
+            Some(n) => ImgDbOptions {
+                conf_th: -1.0,
+                num_bb: n,
+                compressed: self.compressed,
+                ..Default::default()
+            },
+            None => ImgDbOptions {
+                conf_th: self.conf_th,
+                min_bb: self.min_bb,
+                max_bb: self.max_bb,
+                compressed: self.compressed,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+/// An img_db being written: the LMDB (committed in batches), the nbb table and the list of
+/// skipped inputs.
+pub struct ImgDbSink {
+    out: PathBuf,
+    options: ImgDbOptions,
+    db: ImgDbAppender,
+    nbb_path: Option<PathBuf>,
+    nbb: BTreeMap<String, usize>,
+    skipped: Vec<Skipped>,
+}
+
+impl ImgDbSink {
+    /// Opens (creating, or continuing) the img_db in `out`.
+    pub fn open(out: &Path, options: ImgDbOptions) -> Result<Self> {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let db = ImgDbAppender::open(&out.join(options.lmdb_name()))?;
+        let nbb_path = options.nbb_name().map(|n| out.join(n));
+        let nbb = match &nbb_path {
+            Some(p) if p.is_file() => serde_json::from_slice(&std::fs::read(p)?)
+                .with_context(|| format!("{}: not an nbb table", p.display()))?,
+            _ => BTreeMap::new(),
+        };
+        Ok(Self {
+            out: out.to_path_buf(),
+            options,
+            db,
+            nbb_path,
+            nbb,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Record names already in the db.
+    pub fn names(&self) -> &[String] {
+        self.db.names()
+    }
+
+    /// Reports and lists an input that is left out.
+    pub fn skip(&mut self, path: &Path, reason: &str) {
+        tracing::warn!("skipping {}: {reason}", path.display());
+        self.skipped.push(Skipped {
+            image: path.display().to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Commits `(name, record, nbb)` rows in one transaction.
+    pub fn commit(&mut self, records: Vec<(String, ImgDump, usize)>) -> Result<()> {
+        for (name, _, nbb) in &records {
+            self.nbb.insert(name.clone(), *nbb);
+        }
+        // The table first: it may name records a crash keeps out of the db (they are redone
+        // with the same values), never the reverse.
+        if let Some(p) = &self.nbb_path {
+            write_json_atomic(p, &self.nbb)?;
+        }
+        let records: Vec<(String, ImgDump)> = records.into_iter().map(|(n, d, _)| (n, d)).collect();
+        let encoding = if self.options.compressed {
+            ImgDbEncoding::Compressed
+        } else {
+            ImgDbEncoding::Msgpack
+        };
+        self.db.commit(&records, encoding)?;
+        Ok(())
+    }
+
+    /// Final nbb table (only committed records) and `skipped.json`; returns the record and
+    /// skip counts.
+    pub fn finish(mut self) -> Result<(usize, usize)> {
+        if let Some(p) = &self.nbb_path {
+            let names: HashSet<&str> = self.db.names().iter().map(String::as_str).collect();
+            self.nbb.retain(|k, _| names.contains(k.as_str()));
+            write_json_atomic(p, &self.nbb)?;
+        }
+        write_json_atomic(&self.out.join("skipped.json"), &self.skipped)?;
+        Ok((self.db.names().len(), self.skipped.len()))
+    }
 }
 
 /// The images to process: `(record name, path)`.
@@ -150,7 +267,7 @@ fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> 
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Skipped {
+pub struct Skipped {
     image: String,
     reason: String,
 }
@@ -171,40 +288,13 @@ impl BackendTask for ExtractTask<'_> {
             options: LoadOptions::default(),
         };
         let (mut det, _) = source.load::<B>(&device)?;
-        let options = match a.num_bb {
-            Some(n) => {
-                det.config.min_detections = n;
-                det.config.max_detections = n;
-                ImgDbOptions {
-                    conf_th: -1.0,
-                    num_bb: n,
-                    compressed: a.compressed,
-                    ..Default::default()
-                }
-            }
-            None => ImgDbOptions {
-                conf_th: a.conf_th,
-                min_bb: a.min_bb,
-                max_bb: a.max_bb,
-                compressed: a.compressed,
-                ..Default::default()
-            },
-        };
-        let encoding = if a.compressed {
-            ImgDbEncoding::Compressed
-        } else {
-            ImgDbEncoding::Msgpack
-        };
-        std::fs::create_dir_all(&a.out)
-            .with_context(|| format!("cannot create {}", a.out.display()))?;
-        let mut db = ImgDbAppender::open(&a.out.join(options.lmdb_name()))?;
-        let nbb_path = options.nbb_name().map(|n| a.out.join(n));
-        let mut nbb: BTreeMap<String, usize> = match &nbb_path {
-            Some(p) if p.is_file() => serde_json::from_slice(&std::fs::read(p)?)
-                .with_context(|| format!("{}: not an nbb table", p.display()))?,
-            _ => BTreeMap::new(),
-        };
-        let done: HashSet<&str> = db.names().iter().map(String::as_str).collect();
+        let options = a.selection.options()?;
+        if let Some(n) = a.selection.num_bb {
+            det.config.min_detections = n;
+            det.config.max_detections = n;
+        }
+        let mut sink = ImgDbSink::open(&a.out, options)?;
+        let done: HashSet<&str> = sink.names().iter().map(String::as_str).collect();
         let todo: Vec<(String, PathBuf)> = self
             .images
             .iter()
@@ -221,7 +311,6 @@ impl BackendTask for ExtractTask<'_> {
         }
         let started = Instant::now();
         let pb = bar(todo.len(), "extract");
-        let mut skipped = Vec::new();
         let mut written = 0usize;
         for chunk in todo.chunks(a.batch_size.max(1)) {
             let mut records = Vec::with_capacity(chunk.len());
@@ -232,45 +321,28 @@ impl BackendTask for ExtractTask<'_> {
                 match result {
                     Ok(d) => {
                         let record = uniter_record(&d);
-                        let conf = &record.fields[2].1.data;
-                        let conf16: Vec<f32> = conf
+                        // UNITER counts boxes on the stored float16 confidences.
+                        let conf: Vec<f32> = d
+                            .obj_probs
                             .iter()
                             .map(|&c| half::f16::from_f32(c).to_f32())
                             .collect();
-                        nbb.insert(name.clone(), options.nbb(&conf16, FloatDtype::F16));
-                        records.push((name.clone(), record));
+                        let nbb = options.nbb(&conf, FloatDtype::F16);
+                        records.push((name.clone(), record, nbb));
                     }
-                    Err(e) => {
-                        tracing::warn!("skipping {}: {e:#}", path.display());
-                        skipped.push(Skipped {
-                            image: path.display().to_string(),
-                            reason: format!("{e:#}"),
-                        });
-                    }
+                    Err(e) => sink.skip(path, &format!("{e:#}")),
                 }
                 pb.inc(1);
             }
-            // The table first: it may name records a crash keeps out of the db (they are
-            // redone with the same values), never the reverse.
-            if let Some(p) = &nbb_path {
-                write_json_atomic(p, &nbb)?;
-            }
-            db.commit(&records, encoding)?;
             written += records.len();
+            sink.commit(records)?;
         }
         pb.finish_and_clear();
-        if let Some(p) = &nbb_path {
-            let names: HashSet<&str> = db.names().iter().map(String::as_str).collect();
-            nbb.retain(|k, _| names.contains(k.as_str()));
-            write_json_atomic(p, &nbb)?;
-        }
-        write_json_atomic(&a.out.join("skipped.json"), &skipped)?;
         let secs = started.elapsed().as_secs_f64();
+        let (total, skipped) = sink.finish()?;
         println!(
-            "extracted {written} images ({:.2} images/s), skipped {} (skipped.json), {} records in {}",
+            "extracted {written} images ({:.2} images/s), skipped {skipped} (skipped.json), {total} records in {}",
             written as f64 / secs.max(1e-9),
-            skipped.len(),
-            db.names().len(),
             a.out.join(options.lmdb_name()).display()
         );
         Ok(())
@@ -278,16 +350,7 @@ impl BackendTask for ExtractTask<'_> {
 }
 
 pub fn run(args: ExtractArgs, device: DeviceSpec) -> Result<()> {
-    if args.num_bb == Some(0) {
-        bail!("--num-bb must be at least 1");
-    }
-    if args.min_bb > args.max_bb {
-        bail!(
-            "--min-bb {} is larger than --max-bb {}",
-            args.min_bb,
-            args.max_bb
-        );
-    }
+    args.selection.options()?;
     let images = list_images(&args.images)?;
     run_on(
         device,

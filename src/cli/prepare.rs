@@ -13,7 +13,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use lightningdot::conversion::write_dir_atomically;
 use lightningdot::data::Tokenizer;
+use lightningdot::data::img_db::{FloatDtype, ImgDbOptions, ImgDump};
 use lightningdot::data::writer::{encode_txt_value, write_lmdb};
+
+use super::extract::{BoxSelectionArgs, ImgDbSink};
 use rmpv::Value;
 use serde_json::Value as Json;
 
@@ -27,6 +30,21 @@ pub struct PrepareArgs {
 pub enum PrepareCommand {
     /// Captions → txt_db (Karpathy json or JSON lines).
     Captions(CaptionArgs),
+    /// Per-image `.npz` region features from any BUTD extractor → img_db (UNITER's
+    /// `convert_imgdir.py`).
+    Features(FeatureArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FeatureArgs {
+    /// Directory of `<image>.npz` files (`features`, `norm_bb`, `conf`, `soft_labels`).
+    #[arg(long)]
+    pub npz: PathBuf,
+    /// The image db directory to write (its LMDB is continued if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub selection: BoxSelectionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -342,8 +360,74 @@ fn prepare_captions(args: &CaptionArgs) -> Result<()> {
     Ok(())
 }
 
+/// `convert_imgdir.py`: every array cast to float16 and cut to the image's box count; a file
+/// that does not load is reported and skipped.
+fn prepare_features(args: &FeatureArgs) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.npz)
+        .with_context(|| format!("cannot list {}", args.npz.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "npz"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .npz files in {}", args.npz.display());
+    }
+    let options = args.selection.options()?;
+    let mut sink = ImgDbSink::open(&args.out, options)?;
+    let pb = lightningdot::progress::bar(files.len(), "features");
+    let mut records = Vec::new();
+    for path in &files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let loaded = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| ImgDump::from_npz(&b))
+            .and_then(|d| cut_record(d, &options));
+        match loaded {
+            Ok((dump, nbb)) => records.push((name, dump, nbb)),
+            Err(e) => sink.skip(path, &e),
+        }
+        if records.len() >= 256 {
+            sink.commit(std::mem::take(&mut records))?;
+        }
+        pb.inc(1);
+    }
+    sink.commit(records)?;
+    pb.finish_and_clear();
+    let (n, skipped) = sink.finish()?;
+    println!(
+        "wrote {n} records ({skipped} skipped, skipped.json) to {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// The record convert_imgdir.py stores: float16, first `nbb` rows (`conf` decides).
+fn cut_record(dump: ImgDump, options: &ImgDbOptions) -> Result<(ImgDump, usize), String> {
+    let conf = dump.get("conf").ok_or("no 'conf' array")?;
+    let nbb = options.nbb(&conf.data, conf.dtype);
+    let mut fields = Vec::with_capacity(dump.fields.len());
+    for (name, mut a) in dump.fields {
+        let rows = match a.shape.len() {
+            1 | 2 => a.shape[0].min(nbb),
+            _ => return Err(format!("array '{name}' has {} dimensions", a.shape.len())),
+        };
+        let row_len = a.data.len() / a.shape[0].max(1);
+        a.data.truncate(rows * row_len);
+        a.shape[0] = rows;
+        if a.dtype == FloatDtype::F32 {
+            a.dtype = FloatDtype::F16;
+        }
+        fields.push((name, a));
+    }
+    Ok((ImgDump { fields }, nbb))
+}
+
 pub fn run(args: PrepareArgs) -> Result<()> {
     match args.what {
         PrepareCommand::Captions(a) => prepare_captions(&a),
+        PrepareCommand::Features(a) => prepare_features(&a),
     }
 }

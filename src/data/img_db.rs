@@ -157,6 +157,17 @@ pub struct ImgDump {
 }
 
 impl ImgDump {
+    /// Every array of an `.npz` file (`np.savez[_compressed]`), as a BUTD extractor writes one
+    /// per image; float16 / float32 / float64 arrays only.
+    pub fn from_npz(bytes: &[u8]) -> Result<Self, String> {
+        Ok(Self {
+            fields: codec::npz_all(bytes)?
+                .into_iter()
+                .map(|(n, a)| (n, a.to_nd()))
+                .collect(),
+        })
+    }
+
     /// The array stored under `name`.
     pub fn get(&self, name: &str) -> Option<&NdArray> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, a)| a)
