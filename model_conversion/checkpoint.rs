@@ -33,6 +33,9 @@ pub enum Layout {
     BiEncoderStateDict,
     /// A UNITER checkpoint (uniter-base.pt, ITM models): `uniter.*` or `bert.*` backbone.
     Uniter,
+    /// The BUTD Faster R-CNN region-feature extractor (`backbone.*`, `proposal_generator.*`,
+    /// `roi_heads.*`): `pytorch_model.bin` of unc-nlp/frcnn-vg-finetuned.
+    Detector,
 }
 
 impl Layout {
@@ -48,6 +51,9 @@ impl Layout {
             Layout::BiEncoderStateDict => "plain bi-encoder state_dict (img_model.*, txt_model.*)",
             Layout::Uniter => {
                 "UNITER checkpoint (image-tower initialisation or re-ranker), like uniter-base.pt"
+            }
+            Layout::Detector => {
+                "BUTD Faster R-CNN region-feature extractor, like pytorch_model.bin of unc-nlp/frcnn-vg-finetuned"
             }
         }
     }
@@ -209,7 +215,7 @@ impl Checkpoint {
                 Layout::FineTuneWrapper => k.strip_prefix("model_dict."),
                 Layout::Pretraining => k.strip_prefix("bert."),
                 Layout::BiEncoderStateDict => Some(k.as_str()),
-                Layout::Uniter => None,
+                Layout::Uniter | Layout::Detector => None,
             };
             match stripped {
                 Some(s) => {
@@ -248,6 +254,8 @@ fn detect_layout(tensors: &BTreeMap<String, CheckpointTensor>) -> Option<Layout>
         Some(Layout::BiEncoderStateDict)
     } else if any("uniter.embeddings.") || any("bert.embeddings.") || any("bert.img_embeddings.") {
         Some(Layout::Uniter)
+    } else if any("backbone.stem.") && any("proposal_generator.") && any("roi_heads.") {
+        Some(Layout::Detector)
     } else {
         None
     }

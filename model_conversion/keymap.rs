@@ -54,16 +54,21 @@ static RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     .collect()
 });
 
-/// Maps a key inside one UNITER/BERT backbone (`embeddings.…`, `encoder.layer.…`, …) to the burn
-/// path inside a tower. Old `gamma`/`beta` suffixes become `weight`/`bias`.
-fn backbone_key(key: &str) -> String {
-    let key = if let Some(s) = key.strip_suffix(".gamma") {
+/// Old TF-style `gamma`/`beta` suffixes as `weight`/`bias` (what PyTorch loaders rename).
+pub(super) fn gamma_beta_to_weight_bias(key: &str) -> String {
+    if let Some(s) = key.strip_suffix(".gamma") {
         format!("{s}.weight")
     } else if let Some(s) = key.strip_suffix(".beta") {
         format!("{s}.bias")
     } else {
         key.to_string()
-    };
+    }
+}
+
+/// Maps a key inside one UNITER/BERT backbone (`embeddings.…`, `encoder.layer.…`, …) to the burn
+/// path inside a tower. Old `gamma`/`beta` suffixes become `weight`/`bias`.
+fn backbone_key(key: &str) -> String {
+    let key = gamma_beta_to_weight_bias(key);
     for (re, rep) in RULES.iter() {
         if re.is_match(&key) {
             return re.replace(&key, *rep).into_owned();

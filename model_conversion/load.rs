@@ -199,6 +199,13 @@ pub(super) fn plan<'a>(
     })
 }
 
+impl Plan<'_> {
+    /// Number of file keys matched to a parameter.
+    pub(super) fn matched_len(&self) -> usize {
+        self.matched.len()
+    }
+}
+
 fn transpose_2d(data: TensorData) -> TensorData {
     let [r, c] = [data.shape[0], data.shape[1]];
     let v: Vec<f32> = data.into_vec().unwrap_or_default();
@@ -247,6 +254,12 @@ pub fn load_biencoder<B: Backend>(
     device: &B::Device,
     opts: LoadOptions,
 ) -> Result<(BiEncoder<B>, LoadReport), ConvertError> {
+    if ckpt.layout == Layout::Detector {
+        return Err(ConvertError::UnknownLayout {
+            path: ckpt.path.display().to_string(),
+            sample: "this is the BUTD region-feature detector; use it with `extract --detector` or `forward --task detector`".into(),
+        });
+    }
     if ckpt.layout == Layout::Uniter {
         return Err(ConvertError::UnknownLayout {
             path: ckpt.path.display().to_string(),

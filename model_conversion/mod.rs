@@ -8,6 +8,7 @@
 //! small torch zip writer ([`TorchFile`]), again without libtorch (spec §3.2).
 
 mod checkpoint;
+mod detector;
 mod error;
 mod export;
 mod keymap;
@@ -18,6 +19,10 @@ mod torch_writer;
 mod uniter_itm;
 
 pub use checkpoint::{Checkpoint, CheckpointTensor, Layout, TorchFormat};
+pub use detector::{
+    DETECTOR_CONFIG, DETECTOR_WEIGHTS, DetectorSource, detector_key_to_burn,
+    detector_manifest_coverage, load_detector, write_detector_dir,
+};
 pub use error::ConvertError;
 pub use export::{
     biencoder_burn_to_key, biencoder_export_keys, export_biencoder_pt, export_pretraining_pt,
@@ -32,8 +37,8 @@ pub use load::{
     resolve_path,
 };
 pub use model_dir::{
-    ModelDir, ModelSource, RecordPrecision, VOCAB_FILES, infer_project_dim, write_model_dir,
-    write_model_dir_with_vocab,
+    ModelDir, ModelSource, RecordPrecision, VOCAB_FILES, infer_project_dim, write_dir_atomically,
+    write_model_dir, write_model_dir_with_vocab,
 };
 pub use pretrain::{
     HEADS_RECORD, HeadsSource, load_pretraining, load_pretraining_source,

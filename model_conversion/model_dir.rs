@@ -196,7 +196,7 @@ pub(super) fn load_record<B: Backend, M: Module<B>>(
 
 /// Creates directory `out` atomically: `fill` writes into a sibling temp directory, which is
 /// renamed into place only when complete (an existing `out` is replaced only with `overwrite`).
-pub(crate) fn write_dir_atomically(
+pub fn write_dir_atomically(
     out: &Path,
     overwrite: bool,
     fill: impl FnOnce(&Path) -> Result<(), String>,

@@ -146,6 +146,38 @@ impl TensorFile {
     }
 }
 
+/// A host tensor of any dtype the project writes (outputs, detector stages, UNITER records).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredTensor {
+    F32(HostTensor<f32>),
+    F16(HostTensor<half::f16>),
+    I64(HostTensor<i64>),
+    U8(HostTensor<u8>),
+}
+
+impl StoredTensor {
+    fn dtype_shape_bytes(&self) -> (Dtype, &[usize], Vec<u8>) {
+        match self {
+            StoredTensor::F32(t) => (
+                Dtype::F32,
+                &t.shape,
+                t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            StoredTensor::F16(t) => (
+                Dtype::F16,
+                &t.shape,
+                t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            StoredTensor::I64(t) => (
+                Dtype::I64,
+                &t.shape,
+                t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            StoredTensor::U8(t) => (Dtype::U8, &t.shape, t.values.clone()),
+        }
+    }
+}
+
 /// Writes f32 tensors to `path` through a temp file + rename, so a crash never leaves a
 /// half-written file under the final name.
 pub fn write_f32(
@@ -153,24 +185,34 @@ pub fn write_f32(
     tensors: &[(String, HostTensor<f32>)],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<(), TensorIoError> {
+    let tensors: Vec<(String, StoredTensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), StoredTensor::F32(t.clone())))
+        .collect();
+    write_tensors(path, &tensors, metadata)
+}
+
+/// Writes tensors of mixed dtypes to `path` atomically (temp file + rename).
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, StoredTensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), TensorIoError> {
     let err = |reason: String| TensorIoError::File {
         path: path.display().to_string(),
         reason,
     };
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
-            (
-                n.clone(),
-                t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                t.shape.clone(),
-            )
+            let (dtype, shape, bytes) = t.dtype_shape_bytes();
+            (n.clone(), dtype, shape.to_vec(), bytes)
         })
         .collect();
     let views: Vec<(String, TensorView<'_>)> = bytes
         .iter()
-        .map(|(n, b, s)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
+        .map(|(n, d, s, b)| {
+            TensorView::new(*d, s.clone(), b)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| err(format!("tensor {n}: {e}")))
         })

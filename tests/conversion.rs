@@ -99,22 +99,7 @@ fn layouts_are_detected() {
 }
 
 fn manifest(name: &str) -> Vec<(String, Vec<usize>)> {
-    let text = std::fs::read_to_string(fixtures().join("checkpoint-manifests").join(name)).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            (t["key"].as_str().unwrap().to_string(), shape)
-        })
-        .collect()
+    common::manifest_entries(&fixtures().join("checkpoint-manifests").join(name))
 }
 
 /// One test builds the full-size model once (≈0.9 GB f32) and checks both bi-encoder layouts.

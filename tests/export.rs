@@ -257,23 +257,7 @@ fn biencoder_and_finetune_exports_round_trip() {
 }
 
 fn manifest(name: &str) -> Vec<(String, Vec<usize>)> {
-    let path = fixtures().join("checkpoint-manifests").join(name);
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    v["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            (t["key"].as_str().unwrap().to_string(), shape)
-        })
-        .collect()
+    manifest_entries(&fixtures().join("checkpoint-manifests").join(name))
 }
 
 /// At full size (12 layers, where `layer.10` must follow `layer.9`) the exported keys, shapes

@@ -352,28 +352,11 @@ fn lr_schedule_matches_the_reference_table() {
 
 #[test]
 fn full_size_pretraining_manifest_is_fully_covered() {
-    let manifest: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            fixtures().join("checkpoint-manifests/biencoder_pretraining.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let entries: Vec<(String, Vec<usize>)> = manifest["tensors"]
-        .as_array()
-        .expect("manifest tensors")
-        .iter()
-        .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            (t["key"].as_str().unwrap().to_string(), shape)
-        })
-        .filter(|(k, _)| !TIED_PRETRAIN_KEYS.iter().any(|(h, _)| h == k))
-        .collect();
+    let entries: Vec<(String, Vec<usize>)> =
+        manifest_entries(&fixtures().join("checkpoint-manifests/biencoder_pretraining.json"))
+            .into_iter()
+            .filter(|(k, _)| !TIED_PRETRAIN_KEYS.iter().any(|(h, _)| h == k))
+            .collect();
     let n = entries.len();
     let cfg = BiEncoderConfig {
         img: EncoderConfig::uniter_base(),

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use burn::prelude::Backend;
 use clap::Args;
 use lightningdot::conversion::{
-    Checkpoint, ModelSource, RecordPrecision, VOCAB_FILES, load_biencoder,
-    write_model_dir_with_vocab,
+    Checkpoint, DetectorSource, ModelSource, RecordPrecision, VOCAB_FILES, load_biencoder,
+    write_detector_dir, write_model_dir_with_vocab,
 };
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 
@@ -51,6 +51,9 @@ impl BackendTask for ConvertTask<'_> {
         let a = self.args;
         if self.ckpt.layout == lightningdot::conversion::Layout::Uniter {
             return convert_uniter::<B>(a, self.ckpt, device);
+        }
+        if self.ckpt.layout == lightningdot::conversion::Layout::Detector {
+            return convert_detector::<B>(a, device);
         }
         let source = ModelSource {
             checkpoint: a.file.clone(),
@@ -109,6 +112,27 @@ impl BackendTask for ConvertTask<'_> {
         );
         Ok(())
     }
+}
+
+/// A detector needs no conversion (it is read as PyTorch wrote it): check it loads strictly
+/// with the config.yaml beside it, then copy both into `--out` (the reference's directory).
+fn convert_detector<B: Backend>(a: &ConvertArgs, device: B::Device) -> Result<()> {
+    let source = DetectorSource {
+        path: a.file.clone(),
+        config: None,
+        options: lightningdot::conversion::LoadOptions {
+            allow_partial: a.allow_partial,
+        },
+    };
+    let (_, report) = source.load::<B>(&device)?;
+    write_detector_dir(&source, &a.out, a.force)?;
+    println!(
+        "checked detector {} ({} tensors applied) -> {} (pytorch_model.bin + config.yaml)",
+        a.file.display(),
+        report.applied,
+        a.out.display()
+    );
+    Ok(())
 }
 
 pub fn run(args: ConvertArgs, device: DeviceSpec) -> Result<()> {

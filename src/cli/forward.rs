@@ -14,7 +14,13 @@ use lightningdot::pretrain::{PretrainHostBatch, task_outputs};
 use lightningdot::rerank::ItmHostBatch;
 use lightningdot::tensor_io::{HostTensor, TensorFile, write_f32};
 
-use super::ModelArgs;
+use super::{ModelArgs, detector};
+
+fn shown(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
 
 /// Which model the batch is for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -35,12 +41,16 @@ pub enum Task {
     Mrc,
     /// Pre-training CMR on pretrain/batch/itm.safetensors (`itm.*`).
     Itm,
+    /// The BUTD region detector on one `--image` (`--checkpoint` = a directory with
+    /// pytorch_model.bin + config.yaml, or the .bin with config.yaml beside it): every stage
+    /// under the names of fixtures/butd/stages; with `--proposals` the ROI head alone.
+    Detector,
 }
 
 impl Task {
     fn pretrain(self) -> Option<PretrainTask> {
         match self {
-            Task::Biencoder | Task::UniterItm => None,
+            Task::Biencoder | Task::UniterItm | Task::Detector => None,
             Task::Mlm => Some(PretrainTask::Mlm),
             Task::Mrfr => Some(PretrainTask::Mrfr),
             Task::Mrckl => Some(PretrainTask::MrcKl),
@@ -78,8 +88,15 @@ pub struct ForwardArgs {
     pub model: ModelArgs,
     /// Batch in the reference collate form (biencoder: `txt.input_ids`, `txt.attention_mask`,
     /// `img.img_feat`, `img.img_pos_feat`, `img.attention_mask`; uniter-itm: see --task).
+    #[arg(long, required_unless_present = "image")]
+    pub inputs: Option<PathBuf>,
+    /// detector: the image file (PNG or JPEG).
     #[arg(long)]
-    pub inputs: PathBuf,
+    pub image: Option<PathBuf>,
+    /// detector: boxes `[R, 4]` (resized-image pixels) under the name `boxes` in a
+    /// safetensors file, fed straight to the ROI head (fixtures/butd/fixed_proposals).
+    #[arg(long, requires = "image")]
+    pub proposals: Option<PathBuf>,
     /// Where to write the stages (biencoder: `txt.pooled`, `img.pooled`, `scores.txt_x_img`, …;
     /// uniter-itm: `txt_embeddings`, `img_embeddings`, `embedding_output`, `sequence_output`,
     /// `pooled`, `rank_scores`, `itm_scores`, and `rank_loss` with --sample-size).
@@ -114,7 +131,7 @@ impl BackendTask for ForwardTask<'_> {
         let (model, cfg, _) = self.args.model.source().load::<B>(&device)?;
         self.batch
             .validate(&cfg)
-            .with_context(|| format!("inputs {}", self.args.inputs.display()))?;
+            .with_context(|| format!("inputs {}", shown(&self.args.inputs)))?;
         let stages = forward_stages(&model, &self.batch, &device);
         let n = stages.len();
         write_f32(&self.args.out, &stages, None)?;
@@ -142,7 +159,7 @@ impl BackendTask for UniterTask<'_> {
         let (model, cfg, _) = source.load::<B>(&device)?;
         self.batch
             .validate(&cfg)
-            .with_context(|| format!("inputs {}", a.inputs.display()))?;
+            .with_context(|| format!("inputs {}", shown(&a.inputs)))?;
         let rows = self.batch.len();
         if let Some(s) = a.sample_size
             && (s < 2 || !rows.is_multiple_of(s))
@@ -196,7 +213,7 @@ impl BackendTask for PretrainForward<'_> {
         }
         self.batch
             .validate(&cfg)
-            .with_context(|| format!("inputs {}", a.inputs.display()))?;
+            .with_context(|| format!("inputs {}", shown(&a.inputs)))?;
         let modes: Vec<ClsConcat> = if a.cls_concat.is_empty() {
             ClsConcat::ALL.to_vec()
         } else {
@@ -209,7 +226,16 @@ impl BackendTask for PretrainForward<'_> {
 }
 
 pub fn run(args: ForwardArgs, device: DeviceSpec) -> Result<()> {
-    let file = TensorFile::open(&args.inputs)?;
+    if args.task == Task::Detector {
+        return detector::run(&args, device);
+    }
+    if args.image.is_some() || args.proposals.is_some() {
+        bail!("--image and --proposals apply to --task detector");
+    }
+    let Some(inputs) = args.inputs.as_ref() else {
+        bail!("--inputs is required for --task {:?}", args.task);
+    };
+    let file = TensorFile::open(inputs)?;
     if args.task.pretrain().is_none() && !args.cls_concat.is_empty() {
         bail!("--cls-concat applies to the pre-training tasks (mlm, mrfr, mrckl, mrc, itm)");
     }
@@ -230,16 +256,17 @@ pub fn run(args: ForwardArgs, device: DeviceSpec) -> Result<()> {
                 );
             }
             let batch = ItmHostBatch::from_file(&file)
-                .with_context(|| format!("inputs {}", args.inputs.display()))?;
+                .with_context(|| format!("inputs {}", shown(&args.inputs)))?;
             run_on(device, UniterTask { args: &args, batch })??
         }
+        Task::Detector => return detector::run(&args, device),
         Task::Mlm | Task::Mrfr | Task::Mrckl | Task::Mrc | Task::Itm => {
             let task = args.task.pretrain().unwrap_or(PretrainTask::Itm);
             if args.uniter_config.is_some() || args.prefix.is_some() || args.sample_size.is_some() {
                 bail!("--uniter-config, --prefix and --sample-size apply to --task uniter-itm");
             }
             let batch = PretrainHostBatch::from_file(&file, task)
-                .with_context(|| format!("inputs {}", args.inputs.display()))?;
+                .with_context(|| format!("inputs {}", shown(&args.inputs)))?;
             run_on(device, PretrainForward { args: &args, batch })??
         }
     };

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use lightningdot::conversion::{
-    Checkpoint, Layout, TorchFormat, biencoder_key_to_burn, infer_project_dim,
-    uniter_key_to_image_tower,
+    Checkpoint, Layout, TorchFormat, biencoder_key_to_burn, detector_key_to_burn,
+    infer_project_dim, uniter_key_to_image_tower,
 };
 
 #[derive(Args, Debug)]
@@ -80,6 +80,23 @@ pub fn run(args: InspectArgs) -> Result<()> {
                      (from itm_output row 1 when absent), UNITER cross-encoder"
                 );
             }
+        }
+        Layout::Detector => {
+            let (weights, nbt): (Vec<_>, Vec<_>) = ckpt
+                .tensors
+                .keys()
+                .partition(|k| detector_key_to_burn(k).is_some());
+            println!(
+                "  - map {} detector weights (backbone, RPN, ROI head; conv+BN pairs, gamma/beta -> weight/bias)",
+                weights.len()
+            );
+            println!(
+                "  - check {} BatchNorm num_batches_tracked counters (frozen BN: not used)",
+                nbt.len()
+            );
+            println!(
+                "  - use it with config.yaml beside it: `forward --task detector`, `extract --detector DIR`"
+            );
         }
         _ => {
             let (model, ignored) = ckpt.biencoder_tensors();

@@ -2,12 +2,15 @@
 
 mod convert;
 mod demo;
+mod detector;
 mod eval;
 mod export;
+mod extract;
 mod forward;
 mod index;
 mod inspect;
 mod parity;
+mod prepare;
 mod pretrain;
 mod rerank;
 mod search;
@@ -52,6 +55,10 @@ enum Command {
     /// Run a batch (reference collate form) through the towers, the cross-encoder or a
     /// pre-training task and write every output.
     Forward(forward::ForwardArgs),
+    /// Detect regions in a folder of images with the BUTD detector and write a UNITER img_db.
+    Extract(extract::ExtractArgs),
+    /// Build databases from your own files: `prepare captions` (txt_db).
+    Prepare(prepare::PrepareArgs),
     /// Encode every image (and caption) of the dbs once into an index directory.
     Index(index::IndexArgs),
     /// Query an index: text -> images, or --image ID -> captions.
@@ -129,6 +136,8 @@ pub fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a, cli.device),
         Command::Export(a) => export::run(a),
         Command::Forward(a) => forward::run(a, cli.device),
+        Command::Extract(a) => extract::run(a, cli.device),
+        Command::Prepare(a) => prepare::run(a),
         Command::Index(a) => index::run(a, cli.device),
         Command::Search(a) => search::run(a, cli.device),
         Command::Serve(a) => serve::run(a, cli.device),

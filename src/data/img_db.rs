@@ -53,6 +53,53 @@ pub struct ImgDbOptions {
     pub compressed: bool,
 }
 
+impl ImgDbOptions {
+    /// `th0.2_max100_min10`, or `None` for the fixed-count db (`conf_th == -1`).
+    fn setting(&self) -> Option<String> {
+        (self.conf_th != -1.0).then(|| {
+            format!(
+                "th{}_max{}_min{}",
+                py_float(self.conf_th),
+                self.max_bb,
+                self.min_bb
+            )
+        })
+    }
+
+    /// Directory name of the LMDB these options read (`feat_th0.2_max100_min10[_compressed]`
+    /// or `feat_numbb36[_compressed]`).
+    pub fn lmdb_name(&self) -> String {
+        let suffix = if self.compressed { "_compressed" } else { "" };
+        match self.setting() {
+            Some(s) => format!("feat_{s}{suffix}"),
+            None => format!("feat_numbb{}{suffix}", self.num_bb),
+        }
+    }
+
+    /// File name of the `{image: num_bb}` table (`nbb_th0.2_max100_min10.json`); `None` for
+    /// the fixed-count db.
+    pub fn nbb_name(&self) -> Option<String> {
+        self.setting().map(|s| format!("nbb_{s}.json"))
+    }
+
+    /// UNITER's box count of one image from its stored confidences (`dtype` as stored):
+    /// `clamp(#(conf > conf_th), min_bb, max_bb)` (max_bb wins), or `num_bb` for the
+    /// fixed-count db.
+    pub fn nbb(&self, conf: &[f32], dtype: FloatDtype) -> usize {
+        if self.conf_th == -1.0 {
+            return self.num_bb;
+        }
+        // numpy compares a float16 array with a Python float in float16, so round the threshold
+        // the same way; the stored values are exact in f32.
+        let th = match dtype {
+            FloatDtype::F16 => f16::from_f32(self.conf_th).to_f32(),
+            _ => self.conf_th,
+        };
+        let above = conf.iter().filter(|&&c| c > th).count();
+        above.max(self.min_bb).min(self.max_bb)
+    }
+}
+
 impl Default for ImgDbOptions {
     /// The values of every LightningDOT config: 0.2 / 100 / 10 / 36, msgpack db.
     fn default() -> Self {
@@ -110,6 +157,17 @@ pub struct ImgDump {
 }
 
 impl ImgDump {
+    /// Every array of an `.npz` file (`np.savez[_compressed]`), as a BUTD extractor writes one
+    /// per image; float16 / float32 / float64 arrays only.
+    pub fn from_npz(bytes: &[u8]) -> Result<Self, String> {
+        Ok(Self {
+            fields: codec::npz_all(bytes)?
+                .into_iter()
+                .map(|(n, a)| (n, a.to_nd()))
+                .collect(),
+        })
+    }
+
     /// The array stored under `name`.
     pub fn get(&self, name: &str) -> Option<&NdArray> {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, a)| a)
@@ -180,42 +238,36 @@ impl ImgDb {
                 path: dir.to_path_buf(),
             });
         }
-        let suffix = if options.compressed {
-            "_compressed"
-        } else {
-            ""
-        };
-        let (lmdb_dir, nbb) = if options.conf_th == -1.0 {
-            let name = format!("feat_numbb{}{suffix}", options.num_bb);
-            (dir.join(name), NbbSource::Fixed(options.num_bb))
-        } else {
-            let setting = format!(
-                "th{}_max{}_min{}",
-                py_float(options.conf_th),
-                options.max_bb,
-                options.min_bb
-            );
-            let lmdb_dir = dir.join(format!("feat_{setting}{suffix}"));
-            let nbb_path = dir.join(format!("nbb_{setting}.json"));
-            if nbb_path.is_file() {
-                let map = read_json(&nbb_path)?;
-                (
-                    lmdb_dir,
-                    NbbSource::Table {
-                        path: nbb_path,
-                        map,
-                    },
-                )
-            } else {
-                // The reference falls back to `all[_compressed]`; when that is absent too, the
-                // not-found error names the db the options asked for.
-                let all = dir.join(format!("all{suffix}"));
-                let lmdb_dir = if !lmdb_dir.is_dir() && all.is_dir() {
-                    all
+        let lmdb_dir = dir.join(options.lmdb_name());
+        let (lmdb_dir, nbb) = match options.nbb_name() {
+            None => (lmdb_dir, NbbSource::Fixed(options.num_bb)),
+            Some(nbb_name) => {
+                let nbb_path = dir.join(nbb_name);
+                if nbb_path.is_file() {
+                    let map = read_json(&nbb_path)?;
+                    (
+                        lmdb_dir,
+                        NbbSource::Table {
+                            path: nbb_path,
+                            map,
+                        },
+                    )
                 } else {
-                    lmdb_dir
-                };
-                (lmdb_dir, NbbSource::FromConf)
+                    // The reference falls back to `all[_compressed]`; when that is absent too,
+                    // the not-found error names the db the options asked for.
+                    let suffix = if options.compressed {
+                        "_compressed"
+                    } else {
+                        ""
+                    };
+                    let all = dir.join(format!("all{suffix}"));
+                    let lmdb_dir = if !lmdb_dir.is_dir() && all.is_dir() {
+                        all
+                    } else {
+                        lmdb_dir
+                    };
+                    (lmdb_dir, NbbSource::FromConf)
+                }
             }
         };
         let lmdb = lmdb::open(&lmdb_dir, "image feature LMDB")?;
@@ -411,15 +463,8 @@ impl ImgDb {
 
     /// `clamp(#(conf > conf_th), min_bb, max_bb)` in the reference's order (max_bb wins).
     fn nbb_from_conf(&self, conf: &RawArray<'_>) -> usize {
-        // numpy compares a float16 array with a Python float in float16, so round the threshold
-        // the same way; the stored values are exact in f32.
-        let th = match conf.dtype {
-            FloatDtype::F16 => f16::from_f32(self.options.conf_th).to_f32(),
-            _ => self.options.conf_th,
-        };
         let all = conf.prefix_f32(conf.rows());
-        let above = all.iter().filter(|&&c| c > th).count();
-        above.max(self.options.min_bb).min(self.options.max_bb)
+        self.options.nbb(&all, conf.dtype)
     }
 
     fn missing(&self, name: &str) -> DataError {

@@ -98,6 +98,11 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The vocabulary entry of `id`.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn cls_id(&self) -> u32 {
         self.cls_id
     }

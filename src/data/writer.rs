@@ -44,7 +44,23 @@ pub fn write_lmdb<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     // every page size LMDB runs with.
     let map_size = (payload * 2 + (16 << 20)).next_multiple_of(1 << 20);
     let lmdb_err = |e| DataError::lmdb(dir, e);
-    // SAFETY: a fresh environment this function owns until it returns; nothing else maps it.
+    let (env, db) = create_env(dir, map_size)?;
+    let mut wtxn = env.write_txn().map_err(lmdb_err)?;
+    for (key, value) in entries {
+        db.put(&mut wtxn, key.as_ref(), value.as_ref())
+            .map_err(lmdb_err)?;
+    }
+    wtxn.commit().map_err(lmdb_err)?;
+    Ok(())
+}
+
+/// Opens (creating) the environment in `dir` and its unnamed database for writing.
+fn create_env(
+    dir: &Path,
+    map_size: usize,
+) -> Result<(heed::Env, Database<'static, Bytes, Bytes>), DataError> {
+    let lmdb_err = |e| DataError::lmdb(dir, e);
+    // SAFETY: the caller owns `dir` while writing; nothing else writes this map.
     let env = unsafe { EnvOpenOptions::new().map_size(map_size).open(dir) }.map_err(lmdb_err)?;
     let wtxn = env.write_txn().map_err(lmdb_err)?;
     let db: Database<'static, Bytes, Bytes> = env
@@ -55,13 +71,7 @@ pub fn write_lmdb<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         })
         .map_err(|e: heed::Error| lmdb_err(e))?
         .unwrap_commit();
-    let mut wtxn = env.write_txn().map_err(lmdb_err)?;
-    for (key, value) in entries {
-        db.put(&mut wtxn, key.as_ref(), value.as_ref())
-            .map_err(lmdb_err)?;
-    }
-    wtxn.commit().map_err(lmdb_err)?;
-    Ok(())
+    Ok((env, db))
 }
 
 /// Writes an image feature LMDB (e.g. `<img_db>/feat_th0.2_max100_min10_compressed`) holding
@@ -78,14 +88,94 @@ pub fn write_img_db(
             encode_img_record(dump, encoding)?,
         ));
     }
-    // `json.dumps(list)` spacing, as convert_imgdir.py writes it.
-    let names: Vec<String> = records
-        .iter()
-        .map(|(n, _)| serde_json::Value::from(n.as_str()).to_string())
-        .collect();
-    let keys = format!("[{}]", names.join(", "));
-    entries.push((KEYS_KEY.as_bytes().to_vec(), keys.into_bytes()));
+    let names: Vec<&str> = records.iter().map(|(n, _)| n.as_str()).collect();
+    entries.push((KEYS_KEY.as_bytes().to_vec(), keys_value(&names)));
     write_lmdb(lmdb_dir, &entries)
+}
+
+/// The `__keys__` value: `json.dumps(list)` spacing, as convert_imgdir.py writes it.
+fn keys_value(names: &[&str]) -> Vec<u8> {
+    let names: Vec<String> = names
+        .iter()
+        .map(|n| serde_json::Value::from(*n).to_string())
+        .collect();
+    format!("[{}]", names.join(", ")).into_bytes()
+}
+
+/// An image feature LMDB filled batch by batch: each [`ImgDbAppender::commit`] is one LMDB
+/// transaction holding the batch's records and the updated `__keys__`, so a killed run leaves
+/// the db as of its last commit (never a half record) and a rerun continues from
+/// [`ImgDbAppender::names`].
+pub struct ImgDbAppender {
+    dir: std::path::PathBuf,
+    env: heed::Env,
+    db: Database<'static, Bytes, Bytes>,
+    names: Vec<String>,
+    known: std::collections::HashSet<String>,
+}
+
+impl ImgDbAppender {
+    /// Opens (creating if needed) the LMDB in directory `lmdb_dir`.
+    pub fn open(lmdb_dir: &Path) -> Result<Self, DataError> {
+        std::fs::create_dir_all(lmdb_dir).map_err(|e| DataError::io(lmdb_dir, e))?;
+        let lmdb_err = |e| DataError::lmdb(lmdb_dir, e);
+        // The map is virtual address space, not disk: 1 TiB covers any image collection.
+        let (env, db) = create_env(lmdb_dir, 1 << 40)?;
+        let rtxn = env.read_txn().map_err(lmdb_err)?;
+        let mut names = Vec::new();
+        for entry in db.iter(&rtxn).map_err(lmdb_err)? {
+            let (key, _) = entry.map_err(lmdb_err)?;
+            if key != KEYS_KEY.as_bytes() {
+                names.push(String::from_utf8_lossy(key).into_owned());
+            }
+        }
+        drop(rtxn);
+        Ok(Self {
+            dir: lmdb_dir.to_path_buf(),
+            env,
+            db,
+            known: names.iter().cloned().collect(),
+            names,
+        })
+    }
+
+    /// Record names committed so far (all runs), in commit order of this run's view.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Writes `records` and the new `__keys__` in one transaction.
+    pub fn commit(
+        &mut self,
+        records: &[(String, ImgDump)],
+        encoding: ImgDbEncoding,
+    ) -> Result<(), DataError> {
+        let lmdb_err = |e| DataError::lmdb(&self.dir, e);
+        let mut wtxn = self.env.write_txn().map_err(lmdb_err)?;
+        let mut added = Vec::new();
+        for (name, dump) in records {
+            let value = encode_img_record(dump, encoding)?;
+            self.db
+                .put(&mut wtxn, name.as_bytes(), &value)
+                .map_err(lmdb_err)?;
+            if !self.known.contains(name) && !added.contains(name) {
+                added.push(name.clone());
+            }
+        }
+        let refs: Vec<&str> = self
+            .names
+            .iter()
+            .chain(&added)
+            .map(String::as_str)
+            .collect();
+        self.db
+            .put(&mut wtxn, KEYS_KEY.as_bytes(), &keys_value(&refs))
+            .map_err(lmdb_err)?;
+        wtxn.commit().map_err(lmdb_err)?;
+        self.known.extend(added.iter().cloned());
+        self.names.extend(added);
+        Ok(())
+    }
 }
 
 /// The LMDB value of one image record, each array stored with its own `dtype`.
@@ -121,13 +211,26 @@ pub fn encode_txt_record(record: &TxtRecord) -> Result<Vec<u8>, DataError> {
         raw: record.raw.as_deref(),
     })
     .map_err(|e| DataError::Batch(format!("cannot pack caption '{}': {e}", record.id)))?;
+    lz4_frame(&packed, &record.id)
+}
+
+/// The LMDB value of a caption given as any msgpack map (prepro.py stores every annotation
+/// field of the sentence plus its own): lz4 frame of the msgpack bytes.
+pub fn encode_txt_value(value: &Value, id: &str) -> Result<Vec<u8>, DataError> {
+    let mut packed = Vec::new();
+    rmpv::encode::write_value(&mut packed, value)
+        .map_err(|e| DataError::Batch(format!("cannot pack caption '{id}': {e}")))?;
+    lz4_frame(&packed, id)
+}
+
+fn lz4_frame(packed: &[u8], id: &str) -> Result<Vec<u8>, DataError> {
     let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
     encoder
-        .write_all(&packed)
-        .map_err(|e| DataError::Batch(format!("cannot compress caption '{}': {e}", record.id)))?;
+        .write_all(packed)
+        .map_err(|e| DataError::Batch(format!("cannot compress caption '{id}': {e}")))?;
     encoder
         .finish()
-        .map_err(|e| DataError::Batch(format!("cannot compress caption '{}': {e}", record.id)))
+        .map_err(|e| DataError::Batch(format!("cannot compress caption '{id}': {e}")))
 }
 
 /// Little-endian element bytes of `array` in its dtype.

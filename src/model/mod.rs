@@ -2,6 +2,7 @@
 
 mod biencoder;
 mod config;
+pub mod detector;
 mod embeddings;
 mod image;
 mod pretrain;

@@ -66,3 +66,31 @@ pub fn assert_clean_error(out: &std::process::Output, needle: &str) {
         errors[0]
     );
 }
+
+/// `(key, shape)` of every tensor of a key manifest (`{"tensors": [{"key", "shape"}, ...]}`).
+pub fn manifest_entries(path: &std::path::Path) -> Vec<(String, Vec<usize>)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let shape = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            (t["key"].as_str().unwrap().to_string(), shape)
+        })
+        .collect()
+}
+
+/// Runs the `lightningdot` binary with `args` (strings and paths alike).
+pub fn run_cli(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lightningdot"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap()
+}
