@@ -1,5 +1,6 @@
 //! Subcommands and their flags (clap derive); each subcommand has its own file.
 
+mod bench;
 mod convert;
 mod demo;
 mod eval;
@@ -41,6 +42,9 @@ struct Cli {
 enum Command {
     /// Inspect, convert and run the tiny model embedded in the binary; compare with PyTorch.
     Demo(demo::DemoArgs),
+    /// Parity (embedded tiny model, one training step) and throughput at full size on a device,
+    /// with no files: one table, optionally JSON.
+    Bench(bench::BenchArgs),
     /// Recall@1/5/10 in both directions on the splits of an eval config (like eval_itm.py).
     Eval(eval::EvalArgs),
     /// List a checkpoint's keys, shapes and dtypes, its layout and what conversion would do.
@@ -118,6 +122,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Demo(a) => demo::run(a, cli.device),
+        Command::Bench(a) => bench::run(a, cli.device),
         Command::Eval(a) => eval::run(a, cli.device),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a, cli.device),
