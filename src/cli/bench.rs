@@ -398,8 +398,10 @@ fn sync<B: Backend>(device: &B::Device) -> Result<()> {
     B::sync(device).map_err(|e| anyhow::anyhow!("device synchronisation failed: {e:?}"))
 }
 
-/// Runs `f` `warmup` times untimed, then `timed` times, each followed by a device sync.
+/// Runs `f` `warmup` times untimed, then `timed` times, each followed by a device sync. Logs
+/// the result at once, so that a run cut short still shows what it measured.
 fn measure<B: Backend>(
+    what: &str,
     device: &B::Device,
     warmup: usize,
     timed: usize,
@@ -418,6 +420,8 @@ fn measure<B: Backend>(
         sync::<B>(device)?;
         samples.push(t.elapsed().as_secs_f64());
     }
+    let mean = samples.iter().sum::<f64>() / timed.max(1) as f64;
+    tracing::info!("{what}: warm-up {warmup_s:.1} s, {mean:.4} s per iteration over {timed}");
     Ok((warmup_s, samples))
 }
 
@@ -448,7 +452,7 @@ impl BackendTask for Inference {
         let n = s.encode_batch;
         let hb = random_pairs(n, ENCODE_TXT_LEN, BOXES, 1)?;
         let regions = region_tensors::<B>(&hb.images, &device);
-        let (warmup_s, samples) = measure::<B>(&device, s.warmup, s.timed, || {
+        let (warmup_s, samples) = measure::<B>("image encode", &device, s.warmup, s.timed, || {
             let _ = model.encode_image(&regions);
             Ok(())
         })?;
@@ -463,7 +467,7 @@ impl BackendTask for Inference {
             memory: memory_in_use(self.spec),
         });
         let (ids, mask) = text_tensors::<B>(&hb.text, &device);
-        let (warmup_s, samples) = measure::<B>(&device, s.warmup, s.timed, || {
+        let (warmup_s, samples) = measure::<B>("text encode", &device, s.warmup, s.timed, || {
             let _ = model.encode_text(ids.clone(), mask.clone());
             Ok(())
         })?;
@@ -489,13 +493,19 @@ impl BackendTask for Inference {
         drop(vectors);
         let query = random_pairs(1, QUERY_LEN, 1, 3)?.text;
         let mut hits = 0;
-        let (warmup_s, samples) = measure::<B>(&device, s.query_warmup, s.query_timed, || {
-            // The whole request path: ids to the device, encode, vector to the host, search.
-            let (ids, mask) = text_tensors::<B>(&query, &device);
-            let q = to_host(model.encode_text(ids, mask));
-            hits += index.search(&q, TOP_K).first().map_or(0, Vec::len);
-            Ok(())
-        })?;
+        let (warmup_s, samples) = measure::<B>(
+            "query + top-10",
+            &device,
+            s.query_warmup,
+            s.query_timed,
+            || {
+                // The whole request path: ids to the device, encode, vector to the host, search.
+                let (ids, mask) = text_tensors::<B>(&query, &device);
+                let q = to_host(model.encode_text(ids, mask));
+                hits += index.search(&q, TOP_K).first().map_or(0, Vec::len);
+                Ok(())
+            },
+        )?;
         if hits == 0 {
             bail!("the search workload returned no hits");
         }
@@ -534,12 +544,18 @@ impl TrainTask for Training {
             let batch = to_device::<B>(&hb, 1.0, &device);
             let mut model = Some(BiEncoder::<B>::new(&cfg, &device));
             let mut optim = HfAdamW::<B>::new(2.0);
-            let (warmup_s, samples) = measure::<B>(&device, s.warmup, s.timed, || {
-                let m = model.take().context("model")?;
-                let step = m.step(batch.clone());
-                model = Some(optim.step(2e-5, m, step.grads));
-                Ok(())
-            })?;
+            let (warmup_s, samples) = measure::<B>(
+                &format!("fine-tune step, {pairs} pairs"),
+                &device,
+                s.warmup,
+                s.timed,
+                || {
+                    let m = model.take().context("model")?;
+                    let step = m.step(batch.clone());
+                    model = Some(optim.step(2e-5, m, step.grads));
+                    Ok(())
+                },
+            )?;
             out.push(Timing {
                 key: format!("finetune_{pairs}"),
                 name: "fine-tune step".into(),
@@ -565,13 +581,19 @@ impl TrainTask for Training {
         // pretrain.py's optimizer and schedule (the values do not change the cost of a step).
         let mut optim = HfAdamW::<B>::uniter(5.0, (0.9, 0.98), 0.01, no_decay);
         let mut sched = WarmupLinear::new(5e-5, 10_000, 300_000);
-        let (warmup_s, samples) = measure::<B>(&device, s.warmup, s.timed, || {
-            let m = model.take().context("model")?;
-            let loss = m.task_loss(&input, PretrainTask::Mlm, ClsConcat::Add).loss;
-            let grads = GradientsParams::from_grads(loss.backward(), &m);
-            model = Some(optim.step(sched.step(), m, grads));
-            Ok(())
-        })?;
+        let (warmup_s, samples) = measure::<B>(
+            "pre-training micro-step",
+            &device,
+            s.warmup,
+            s.timed,
+            || {
+                let m = model.take().context("model")?;
+                let loss = m.task_loss(&input, PretrainTask::Mlm, ClsConcat::Add).loss;
+                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                model = Some(optim.step(sched.step(), m, grads));
+                Ok(())
+            },
+        )?;
         out.push(Timing {
             key: "pretrain_mlm".into(),
             name: "pre-training micro-step (MLM)".into(),
