@@ -446,7 +446,8 @@ impl BackendTask for Inference {
         set_precision::<B>(&device, self.precision)?;
         B::seed(&device, 0);
         let s = &self.sizes;
-        let model = BiEncoder::<B>::new(&full_size(), &device);
+        // Fused query/key/value, as every loaded model is on an inference backend.
+        let model = BiEncoder::<B>::new(&full_size(), &device).fuse_qkv();
         let mut out = Vec::new();
 
         let n = s.encode_batch;
