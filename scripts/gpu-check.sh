@@ -16,7 +16,9 @@ BUILD_HINT="build it here with \`cargo build --release --features cuda\`, then \
 
 BIN="${LIGHTNINGDOT_BIN:-.gpu/lightningdot}"
 if [ ! -x "$BIN" ] && [ -f "$BIN.gz" ]; then
-    gunzip -c "$BIN.gz" > "$OUT/lightningdot" && chmod +x "$OUT/lightningdot" && BIN="$OUT/lightningdot"
+    # Unpacked outside $OUT: everything under $OUT travels back.
+    unpacked="${TMPDIR:-/tmp}/lightningdot-gpu-$$"
+    gunzip -c "$BIN.gz" > "$unpacked" && chmod +x "$unpacked" && BIN="$unpacked"
 fi
 if [ ! -x "$BIN" ]; then
     echo "error: no lightningdot binary at $BIN: $BUILD_HINT" >&2
