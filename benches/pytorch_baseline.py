@@ -38,7 +38,7 @@ class ImageTower(torch.nn.Module):
     def forward(self, feat, pos, mask):
         emb = self.bert.embeddings
         b = feat.shape[0]
-        cls = emb(input_ids=torch.full((b, 1), 101, dtype=torch.long))
+        cls = emb(input_ids=torch.full((b, 1), 101, dtype=torch.long, device=feat.device))
         t1 = emb.token_type_embeddings.weight[1]
         regions = self.ln(self.img_ln(self.img_linear(feat)) + self.pos_ln(self.pos_linear(pos)) + t1)
         x = torch.cat([cls, regions], 1)

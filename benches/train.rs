@@ -13,11 +13,11 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::optim::Optimizer;
 use burn::train::TrainStep;
-use lightningdot::data::{RegionFeatures, collate_images, collate_texts};
 use lightningdot::device::CpuBackend;
 use lightningdot::model::{BiEncoder, BiEncoderConfig, EncoderConfig};
 use lightningdot::train::HfAdamW;
-use lightningdot::train::data::{HostTrainBatch, SplitMix64, to_device};
+use lightningdot::train::data::to_device;
+use lightningdot::train::synthetic::random_pairs;
 
 type TB = Autodiff<CpuBackend>;
 
@@ -43,35 +43,6 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn batch(pairs: usize) -> HostTrainBatch {
-    let mut rng = SplitMix64::new(0, 0, 0);
-    let texts: Vec<Vec<u32>> = (0..pairs)
-        .map(|_| {
-            (0..TXT_LEN)
-                .map(|_| 1000 + rng.below(27000) as u32)
-                .collect()
-        })
-        .collect();
-    let mut unit = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-            .collect()
-    };
-    let regions: Vec<RegionFeatures> = (0..pairs)
-        .map(|_| RegionFeatures {
-            features: unit(BOXES * 2048),
-            boxes: unit(BOXES * 7),
-            num_bb: BOXES,
-        })
-        .collect();
-    let refs: Vec<&RegionFeatures> = regions.iter().collect();
-    HostTrainBatch {
-        text: collate_texts(&texts),
-        images: collate_images(&refs).unwrap(),
-        queries: pairs,
-    }
-}
-
 fn main() {
     let pairs = env_usize("LIGHTNINGDOT_BENCH_PAIRS", 128);
     let steps = env_usize("LIGHTNINGDOT_BENCH_STEPS", 2).max(1);
@@ -82,7 +53,7 @@ fn main() {
         project_dim: 768,
     };
     let mut model = BiEncoder::<TB>::new(&cfg, &device);
-    let hb = batch(pairs);
+    let hb = random_pairs(pairs, TXT_LEN, BOXES, 0).expect("uniform synthetic regions");
     let b = to_device::<TB>(&hb, 1.0, &device);
     let mut optim = HfAdamW::<TB>::new(2.0);
     let mut step = |model: BiEncoder<TB>| -> BiEncoder<TB> {

@@ -218,18 +218,28 @@ fn transpose_2d(data: TensorData) -> TensorData {
     TensorData::new(out, [c, r])
 }
 
-/// Reads the planned tensors as f32 and writes them into the module.
+/// Reads the planned tensors as f32 and writes them into the module in the device's default
+/// float type (bf16 after `--precision bf16`: burn-store applies a snapshot in the snapshot's
+/// own dtype, which would leave f32 weights in a bf16 model).
 pub(super) fn apply_plan<B: Backend, M: Module<B>>(
     mut module: M,
     file: &Path,
     plan: &Plan<'_>,
     tensors: &BTreeMap<String, &CheckpointTensor>,
 ) -> Result<(M, usize), ConvertError> {
+    let dtype = module
+        .devices()
+        .first()
+        .map(|d| burn::tensor::DType::from(burn::tensor::get_device_settings::<B>(d).float_dtype))
+        .unwrap_or(burn::tensor::DType::F32);
     let mut snaps = Vec::with_capacity(plan.matched.len());
     for m in &plan.matched {
         let mut data = tensors[&m.key].to_f32(file, &m.key)?;
         if m.param.transpose {
             data = transpose_2d(data);
+        }
+        if dtype != burn::tensor::DType::F32 {
+            data = data.convert_dtype(dtype);
         }
         let path_stack = m.path.split('.').map(str::to_string).collect();
         snaps.push(TensorSnapshot::from_data(

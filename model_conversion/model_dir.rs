@@ -72,19 +72,19 @@ impl ModelDir {
         Ok(md)
     }
 
-    /// Loads the model record onto `device`.
+    /// Loads the model record onto `device` (query/key/value fused on inference backends).
     pub fn load<B: Backend>(
         &self,
         dir: &Path,
         device: &B::Device,
     ) -> Result<BiEncoder<B>, ConvertError> {
         let model = BiEncoder::<B>::new(&self.config, device);
-        load_record(model, &dir.join(RECORD), self.precision, device).map_err(|e| {
-            ConvertError::ModelDir {
+        load_record(model, &dir.join(RECORD), self.precision, device)
+            .map(BiEncoder::fuse_qkv)
+            .map_err(|e| ConvertError::ModelDir {
                 path: dir.display().to_string(),
                 reason: format!("cannot load model.mpk: {e}"),
-            }
-        })
+            })
     }
 }
 
@@ -274,7 +274,8 @@ impl ModelSource {
         })
     }
 
-    /// Loads the model from a `.pt` file or a converted directory.
+    /// Loads the model from a `.pt` file or a converted directory (query/key/value fused on
+    /// inference backends: [`BiEncoder::fuse_qkv`]).
     pub fn load<B: Backend>(
         &self,
         device: &B::Device,
@@ -293,7 +294,7 @@ impl ModelSource {
         let ckpt = Checkpoint::open(&self.checkpoint)?;
         let cfg = self.resolve_config(&ckpt)?;
         let (model, report) = load_biencoder(&ckpt, &cfg, device, self.options)?;
-        Ok((model, cfg, Some(report)))
+        Ok((model.fuse_qkv(), cfg, Some(report)))
     }
 }
 

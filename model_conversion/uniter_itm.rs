@@ -330,7 +330,8 @@ impl UniterSource {
         ))
     }
 
-    /// Loads the cross-encoder; the report is `None` for a converted directory.
+    /// Loads the cross-encoder (query/key/value fused on inference backends); the report is
+    /// `None` for a converted directory.
     pub fn load<B: Backend>(
         &self,
         device: &B::Device,
@@ -349,7 +350,7 @@ impl UniterSource {
                 }
             }
             let model = md.load(&self.checkpoint, device)?;
-            return Ok((model, md.uniter, None));
+            return Ok((model.fuse_qkv(), md.uniter, None));
         }
         let file = self.torch_file()?;
         let ckpt = Checkpoint::open(&file).map_err(|e| match e {
@@ -369,6 +370,6 @@ impl UniterSource {
             cfg.num_attention_heads
         );
         let (model, report) = load_uniter_itm(&ckpt, &cfg, device, self.options)?;
-        Ok((model, cfg, Some(report)))
+        Ok((model.fuse_qkv(), cfg, Some(report)))
     }
 }

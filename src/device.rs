@@ -166,6 +166,55 @@ pub fn cuda_device_count() -> Result<usize, String> {
     }
 }
 
+/// Memory held on the device named by `spec`, in bytes, where it can be read. CPU: the peak
+/// resident memory of this process so far (`VmHWM`, Linux). CUDA: the device's total minus
+/// free memory as the driver reports it — burn's memory pool keeps what it reserved, so read
+/// after a workload this is that workload's peak (other processes on the GPU count too).
+pub fn memory_in_use(spec: DeviceSpec) -> Option<u64> {
+    match spec {
+        DeviceSpec::Cpu => std::fs::read_to_string("/proc/self/status")
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024),
+        DeviceSpec::Cuda(index) => cuda_memory_in_use(index),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_memory_in_use(index: usize) -> Option<u64> {
+    let ctx = cudarc::driver::CudaContext::new(index).ok()?;
+    let (free, total) = ctx.mem_get_info().ok()?;
+    Some(total.saturating_sub(free) as u64)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_memory_in_use(_index: usize) -> Option<u64> {
+    None
+}
+
+/// The name of the GPU `spec` names (e.g. "NVIDIA H100 80GB HBM3"), when it can be read.
+pub fn cuda_name(spec: DeviceSpec) -> Option<String> {
+    match spec {
+        DeviceSpec::Cpu => None,
+        DeviceSpec::Cuda(index) => cuda_device_name(index),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device_name(index: usize) -> Option<String> {
+    cudarc::driver::CudaContext::new(index).ok()?.name().ok()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device_name(_index: usize) -> Option<String> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

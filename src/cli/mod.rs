@@ -1,5 +1,6 @@
 //! Subcommands and their flags (clap derive); each subcommand has its own file.
 
+mod bench;
 mod convert;
 mod demo;
 mod detector;
@@ -44,6 +45,9 @@ struct Cli {
 enum Command {
     /// The main job on embedded data: parity with PyTorch, fine-tune, recall, index, queries.
     Demo(demo::DemoArgs),
+    /// Parity (embedded tiny model, one training step) and throughput at full size on a device,
+    /// with no files: one table, optionally JSON.
+    Bench(bench::BenchArgs),
     /// Recall@1/5/10 in both directions on the splits of an eval config (like eval_itm.py).
     Eval(eval::EvalArgs),
     /// List a checkpoint's keys, shapes and dtypes, its layout and what conversion would do.
@@ -131,6 +135,7 @@ pub fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Demo(a) => demo::run(a, cli.device),
+        Command::Bench(a) => bench::run(a, cli.device),
         Command::Eval(a) => eval::run(a, cli.device),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a, cli.device),

@@ -25,6 +25,14 @@ impl<B: Backend> BiEncoder<B> {
         }
     }
 
+    /// Both towers with fused query/key/value projections for inference
+    /// ([`Encoder::fuse_qkv`](super::Encoder::fuse_qkv); unchanged on autodiff backends).
+    pub fn fuse_qkv(mut self) -> Self {
+        self.image.encoder = self.image.encoder.fuse_qkv();
+        self.text.encoder = self.text.encoder.fuse_qkv();
+        self
+    }
+
     /// Caption vectors `[batch, P]`.
     pub fn encode_text(
         &self,

@@ -2,10 +2,24 @@
 //!
 //! Every `Linear` is fed a 2-D `[rows, features]` tensor: burn's CPU backends are several times
 //! slower on 3-D inputs (../shared/burn-notes.md).
+//!
+//! Two inference-only shortcuts, both exact up to rounding (the parity tests check them):
+//! - [`Encoder::fuse_qkv`] concatenates each layer's query/key/value weights into one
+//!   `[H, 3H]` GEMM at load time. The three `Linear`s stay the parameters (checkpoint keys,
+//!   records, conversion and export are unchanged); the fused copy is not a parameter, is not
+//!   saved, and is built only on backends without autodiff, where nothing updates the weights.
+//! - Without autodiff, attention is burn's `attention` op with a bool padding mask (fused
+//!   flash kernels on CUDA, a fused kernel on CPU). The reference's additive `-10000` and the
+//!   op's `-inf` give the same probabilities: `exp(-10000)` is 0 in f32 for every row that has a
+//!   real token, and every sequence has one (`[CLS]`). Training keeps the decomposed form, whose
+//!   gradients the fixtures check, with the softmax in f32 when the model runs in bf16.
 
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, FloatDType};
 
 use super::config::{EncoderConfig, LAYER_NORM_EPS};
 
@@ -41,6 +55,12 @@ pub struct Attention<B: Backend> {
     attn_dropout: Dropout,
     hidden_dropout: Dropout,
     num_heads: usize,
+    /// `[H, 3H]` weight and `[3H]` bias of query|key|value, built by [`Encoder::fuse_qkv`] on
+    /// inference backends; not a parameter (never saved, never updated).
+    #[module(skip)]
+    qkv_weight: Option<Tensor<B, 2>>,
+    #[module(skip)]
+    qkv_bias: Option<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Attention<B> {
@@ -55,30 +75,71 @@ impl<B: Backend> Attention<B> {
             attn_dropout: DropoutConfig::new(cfg.attention_probs_dropout_prob).init(),
             hidden_dropout: DropoutConfig::new(cfg.hidden_dropout_prob).init(),
             num_heads: cfg.num_attention_heads,
+            qkv_weight: None,
+            qkv_bias: None,
         }
     }
 
-    /// `x`: `[batch * seq, H]` rows; `mask_bias`: `[batch, 1, 1, seq]`. Returns `[batch * seq, H]`.
+    /// Builds the fused query|key|value projection from the current weights.
+    fn fuse_qkv(mut self) -> Self {
+        let parts = [&self.query, &self.key, &self.value];
+        self.qkv_weight = Some(Tensor::cat(
+            parts.iter().map(|l| l.weight.val()).collect(),
+            1,
+        ));
+        self.qkv_bias = parts
+            .iter()
+            .map(|l| l.bias.as_ref().map(|b| b.val()))
+            .collect::<Option<Vec<_>>>()
+            .map(|b| Tensor::cat(b, 0));
+        self
+    }
+
+    /// `x`: `[batch * seq, H]` rows. Returns `[batch * seq, H]`.
     fn forward(
         &self,
         x: Tensor<B, 2>,
         batch: usize,
         seq: usize,
-        mask_bias: Tensor<B, 4>,
+        mask: &AttentionMask<B>,
     ) -> Tensor<B, 2> {
         let [_, hidden] = x.dims();
         let heads = self.num_heads;
         let dh = hidden / heads;
         let split = |t: Tensor<B, 2>| t.reshape([batch, seq, heads, dh]).swap_dims(1, 2);
-        let q = split(self.query.forward(x.clone()));
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x.clone()));
-        let scores = q.matmul(k.transpose()).div_scalar((dh as f64).sqrt()) + mask_bias;
-        let probs = self.attn_dropout.forward(softmax(scores, 3));
-        let context = probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch * seq, hidden]);
+        let (q, k, v) = match &self.qkv_weight {
+            Some(w) => {
+                let qkv = linear(x.clone(), w.clone(), self.qkv_bias.clone());
+                (
+                    split(qkv.clone().narrow(1, 0, hidden)),
+                    split(qkv.clone().narrow(1, hidden, hidden)),
+                    split(qkv.narrow(1, 2 * hidden, hidden)),
+                )
+            }
+            None => (
+                split(self.query.forward(x.clone())),
+                split(self.key.forward(x.clone())),
+                split(self.value.forward(x.clone())),
+            ),
+        };
+        let context = match mask {
+            AttentionMask::Padding(m) => attention(
+                q,
+                k,
+                v,
+                Some(m.clone().expand([batch, heads, seq, seq])),
+                None,
+                AttentionModuleOptions::default(),
+            ),
+            AttentionMask::Bias(bias) => {
+                let scores = q.matmul(k.transpose()).div_scalar((dh as f64).sqrt());
+                let probs = self
+                    .attn_dropout
+                    .forward(masked_softmax_f32(scores, bias.clone()));
+                probs.matmul(v)
+            }
+        };
+        let context = context.swap_dims(1, 2).reshape([batch * seq, hidden]);
         let out = self.hidden_dropout.forward(self.output.forward(context));
         self.output_norm.forward(out + x)
     }
@@ -113,9 +174,9 @@ impl<B: Backend> Layer<B> {
         x: Tensor<B, 2>,
         batch: usize,
         seq: usize,
-        mask_bias: Tensor<B, 4>,
+        mask: &AttentionMask<B>,
     ) -> Tensor<B, 2> {
-        let a = self.attention.forward(x, batch, seq, mask_bias);
+        let a = self.attention.forward(x, batch, seq, mask);
         let h = self
             .output
             .forward(gelu(self.intermediate.forward(a.clone())));
@@ -138,6 +199,25 @@ impl<B: Backend> Encoder<B> {
         }
     }
 
+    /// Builds every layer's fused query|key|value projection (see the module doc). Call it once
+    /// the weights are final; on a backend with autodiff (training) it changes nothing, so a
+    /// trained model never carries a stale copy.
+    pub fn fuse_qkv(mut self) -> Self {
+        if let Some(device) = self.layers.first().map(|l| l.output.weight.device())
+            && !B::ad_enabled(&device)
+        {
+            self.layers = self
+                .layers
+                .into_iter()
+                .map(|mut l| {
+                    l.attention = l.attention.fuse_qkv();
+                    l
+                })
+                .collect();
+        }
+        self
+    }
+
     /// `x`: `[batch, seq, H]`, `attention_mask`: `[batch, seq]` of 1 (attend) / 0 (padding).
     /// Returns every layer's output, each `[batch, seq, H]` (the last one is `sequence_output`).
     pub fn forward_all(
@@ -146,11 +226,11 @@ impl<B: Backend> Encoder<B> {
         attention_mask: Tensor<B, 2, Int>,
     ) -> Vec<Tensor<B, 3>> {
         let [batch, seq, hidden] = x.dims();
-        let bias = mask_bias(attention_mask);
+        let mask = AttentionMask::new(attention_mask);
         let mut h = x.reshape([batch * seq, hidden]);
         let mut outs = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            h = layer.forward(h, batch, seq, bias.clone());
+            h = layer.forward(h, batch, seq, &mask);
             outs.push(h.clone().reshape([batch, seq, hidden]));
         }
         outs
@@ -159,22 +239,51 @@ impl<B: Backend> Encoder<B> {
     /// Like [`forward_all`](Self::forward_all) but returns only the last layer `[batch, seq, H]`.
     pub fn forward(&self, x: Tensor<B, 3>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
-        let bias = mask_bias(attention_mask);
+        let mask = AttentionMask::new(attention_mask);
         let mut h = x.reshape([batch * seq, hidden]);
         for layer in &self.layers {
-            h = layer.forward(h, batch, seq, bias.clone());
+            h = layer.forward(h, batch, seq, &mask);
         }
         h.reshape([batch, seq, hidden])
     }
 }
 
-/// `[batch, seq]` 1/0 mask → `[batch, 1, 1, seq]` additive bias.
-fn mask_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
-    let [batch, seq] = mask.dims();
-    let m = mask.float();
-    (m.neg() + 1.0)
-        .mul_scalar(MASK_BIAS)
-        .reshape([batch, 1, 1, seq])
+/// The padding mask in the form the attention path needs.
+enum AttentionMask<B: Backend> {
+    /// `[batch, 1, 1, seq]`, true = padding: burn's attention op (no autodiff).
+    Padding(Tensor<B, 4, Bool>),
+    /// `[batch, 1, 1, seq]` additive bias `(1 - mask) * -10000`: the decomposed form (training).
+    Bias(Tensor<B, 4>),
+}
+
+impl<B: Backend> AttentionMask<B> {
+    /// From a `[batch, seq]` 1/0 mask.
+    fn new(mask: Tensor<B, 2, Int>) -> Self {
+        let [batch, seq] = mask.dims();
+        if B::ad_enabled(&mask.device()) {
+            let m = mask.float();
+            Self::Bias(
+                (m.neg() + 1.0)
+                    .mul_scalar(MASK_BIAS)
+                    .reshape([batch, 1, 1, seq]),
+            )
+        } else {
+            Self::Padding(mask.equal_elem(0).reshape([batch, 1, 1, seq]))
+        }
+    }
+}
+
+/// `softmax(scores + bias)` over the last dimension, computed in f32 whatever the scores' float
+/// type (in bf16 the `-10000` bias and the exponentials' sum would be rounded coarsely), returned
+/// in the scores' type.
+fn masked_softmax_f32<B: Backend>(scores: Tensor<B, 4>, bias: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dtype = scores.dtype();
+    let bias = bias.cast(FloatDType::F32);
+    if dtype == DType::F32 {
+        softmax(scores + bias, 3)
+    } else {
+        softmax(scores.cast(FloatDType::F32) + bias, 3).cast(FloatDType::from(dtype))
+    }
 }
 
 /// `BertPooler` (dense + tanh on token 0). Kept so that every checkpoint key has a home; the

@@ -104,6 +104,13 @@ impl<B: Backend> UniterItm<B> {
         }
     }
 
+    /// The same model with fused query/key/value projections for inference
+    /// ([`Encoder::fuse_qkv`]; unchanged on autodiff backends).
+    pub fn fuse_qkv(mut self) -> Self {
+        self.encoder = self.encoder.fuse_qkv();
+        self
+    }
+
     /// `rank_output ← itm_output[1]` (UNITER `init_output`, used by `inf_itm.py` when the
     /// checkpoint has no `rank_output`). No-op without an ITM head.
     pub fn init_rank_from_itm(mut self) -> Self {

@@ -562,14 +562,26 @@ fn check_token_ranges<'a>(
     Ok(())
 }
 
-/// Makes bf16 the device's default float type (before any tensor exists on it).
-pub(crate) fn set_bf16<B: Backend>(device: &B::Device) -> Result<(), TrainError> {
-    burn::tensor::set_default_dtypes::<B>(
+/// Makes bf16 the device's default float type. burn fixes a device's defaults once, at its
+/// first tensor: this must run before any tensor exists on `device`, and succeeds again later
+/// only when bf16 is already the default (a process that runs several bf16 tasks).
+pub fn set_bf16<B: Backend>(device: &B::Device) -> Result<(), TrainError> {
+    match burn::tensor::set_default_dtypes::<B>(
         device,
         burn::tensor::FloatDType::BF16,
         <B::IntElem as burn::tensor::Element>::dtype(),
-    )
-    .map_err(|e| TrainError::Device(format!("cannot switch to bf16: {e:?}")))
+    ) {
+        Ok(()) => Ok(()),
+        Err(_)
+            if burn::tensor::get_device_settings::<B>(device).float_dtype
+                == burn::tensor::FloatDType::BF16 =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(TrainError::Device(format!(
+            "cannot switch to bf16 (tensors in another precision exist already on this device): {e:?}"
+        ))),
+    }
 }
 
 /// Trains as `plan` says on `device`. When `plan.output_dir` already holds a run with the same

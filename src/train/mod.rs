@@ -30,10 +30,11 @@ pub mod optim;
 pub mod renderer;
 pub mod scenes;
 pub mod schedule;
+pub mod step_report;
 pub mod synthetic;
 
 pub use config::{Init, Precision, Sampling, TrainOverrides, TrainPlan, TrainSettings, Warmup};
-pub use learner::{Dashboard, RunOptions, TrainSummary, run};
+pub use learner::{Dashboard, RunOptions, TrainSummary, run, set_bf16};
 pub use loss::{ContrastiveLosses, TrainBatch, contrastive_loss};
 pub use optim::{HfAdamW, global_grad_norm};
 pub use schedule::LinearWarmupDecay;

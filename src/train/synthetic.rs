@@ -12,9 +12,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::data::SplitMix64;
+use super::data::{HostTrainBatch, SplitMix64};
 use crate::data::writer::{ImgDbEncoding, encode_txt_record, write_img_db, write_lmdb};
-use crate::data::{DataError, FloatDtype, IMG_DIM, ImgDump, NdArray, TxtRecord};
+use crate::data::{
+    DataError, FloatDtype, IMG_DIM, ImgDump, NdArray, POS_DIM, RegionFeatures, TxtRecord,
+    collate_images, collate_texts,
+};
 
 /// Size of the synthetic task.
 #[derive(Debug, Clone)]
@@ -330,4 +333,38 @@ pub fn apply_overrides(config: &mut Value, overrides: &Value) {
             }
         }
     }
+}
+
+/// A fine-tuning batch of `pairs` random pairs at a fixed size, for throughput measurements
+/// (benchmarks, `lightningdot bench`): captions of `txt_len` word-piece ids in
+/// `1000..28000` (inside BERT-base-cased's vocabulary, clear of its special tokens) and images
+/// of `boxes` regions with features and boxes uniform in `[0, 1)`. No content relation: only
+/// the shapes matter for timing.
+pub fn random_pairs(
+    pairs: usize,
+    txt_len: usize,
+    boxes: usize,
+    seed: u64,
+) -> Result<HostTrainBatch, DataError> {
+    let mut rng = SplitMix64::new(seed, 0, 0);
+    let texts: Vec<Vec<u32>> = (0..pairs)
+        .map(|_| {
+            (0..txt_len)
+                .map(|_| 1000 + rng.below(27000) as u32)
+                .collect()
+        })
+        .collect();
+    let regions: Vec<RegionFeatures> = (0..pairs)
+        .map(|_| RegionFeatures {
+            features: (0..boxes * IMG_DIM).map(|_| uniform(&mut rng)).collect(),
+            boxes: (0..boxes * POS_DIM).map(|_| uniform(&mut rng)).collect(),
+            num_bb: boxes,
+        })
+        .collect();
+    let refs: Vec<&RegionFeatures> = regions.iter().collect();
+    Ok(HostTrainBatch {
+        text: collate_texts(&texts),
+        images: collate_images(&refs)?,
+        queries: pairs,
+    })
 }
