@@ -15,21 +15,14 @@ mod common;
 
 use std::process::Command;
 
-use burn::backend::Autodiff;
-use burn::prelude::*;
 use burn::tensor::DType;
 use common::*;
-use lightningdot::conversion::{Checkpoint, LoadOptions, load_biencoder};
-use lightningdot::device::CpuBackend;
-use lightningdot::inference::{HostBatch, region_batch};
-use lightningdot::tensor_io::TensorFile;
-use lightningdot::train::init::with_dropout;
+use lightningdot::train::set_bf16;
 use lightningdot::train::step_report::{BF16_UNIT_ROUNDOFF, bf16_forward_roundings, step_report};
 use lightningdot::train::synthetic::{SyntheticSpec, write_synthetic};
-use lightningdot::train::{TrainBatch, set_bf16};
 use serde_json::{Value, json};
 
-type TB = Autodiff<CpuBackend>;
+type TB = TrainBackend;
 
 /// Relative error bound of the tiny model's (2 layers) bf16 forward.
 fn forward_tol() -> f64 {
@@ -49,32 +42,10 @@ fn bf16_step_matches_the_f32_reference_within_bf16_rounding() {
         &std::fs::read_to_string(fixtures().join("expected/train_step.json")).unwrap(),
     )
     .unwrap();
-    let source = tiny_source("checkpoints/biencoder.best.pt");
-    let ckpt = Checkpoint::open(&source.checkpoint).unwrap();
-    let cfg = with_dropout(source.resolve_config(&ckpt).unwrap(), 0.0);
-    let (model, _) = load_biencoder::<TB>(&ckpt, &cfg, &device, LoadOptions::default()).unwrap();
+    let (model, batch) = train_step_setup(&device);
     // The weights really are bf16 (the step's optimizer then keeps f32 masters of them).
     let w = model.text.encoder.layers[0].attention.query.weight.val();
     assert_eq!(w.dtype(), DType::BF16);
-
-    let hb = HostBatch::from_file(
-        &TensorFile::open(&fixtures().join("batch/inputs.safetensors")).unwrap(),
-    )
-    .unwrap();
-    let ints = |t: &lightningdot::tensor_io::HostTensor<i64>| {
-        Tensor::<TB, 1, Int>::from_data(
-            TensorData::new(t.values.clone(), [t.values.len()]),
-            &device,
-        )
-        .reshape([t.shape[0], t.shape[1]])
-    };
-    let batch = TrainBatch {
-        input_ids: ints(&hb.txt_input_ids),
-        attention_mask: ints(&hb.txt_attention_mask),
-        regions: region_batch::<TB>(&hb, &device),
-        queries: hb.txt_input_ids.shape[0],
-        loss_scale: 1.0,
-    };
     let names: Vec<String> = want["grad_l2_norm"]
         .as_object()
         .unwrap()

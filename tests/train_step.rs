@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use burn::backend::Autodiff;
 use burn::module::ParamId;
 use burn::optim::Optimizer;
 use burn::optim::lr_scheduler::LrScheduler;
@@ -16,17 +15,15 @@ use burn::prelude::*;
 use burn::train::{ItemLazy, TrainStep};
 use burn_store::ModuleSnapshot;
 use common::*;
-use lightningdot::conversion::{Checkpoint, LoadOptions, biencoder_key_to_burn, load_biencoder};
+use lightningdot::conversion::biencoder_key_to_burn;
 use lightningdot::device::CpuBackend;
-use lightningdot::inference::{HostBatch, region_batch};
 use lightningdot::model::BiEncoder;
 use lightningdot::tensor_io::TensorFile;
-use lightningdot::train::init::with_dropout;
 use lightningdot::train::loss::batch_losses;
 use lightningdot::train::{HfAdamW, LinearWarmupDecay, TrainBatch, global_grad_norm};
 use serde_json::Value;
 
-type TB = Autodiff<CpuBackend>;
+type TB = TrainBackend;
 
 fn expected() -> Value {
     serde_json::from_str(
@@ -37,30 +34,7 @@ fn expected() -> Value {
 
 /// The fixture model (dropout off) and batch.
 fn setup() -> (BiEncoder<TB>, TrainBatch<TB>) {
-    let device = Default::default();
-    let source = tiny_source("checkpoints/biencoder.best.pt");
-    let ckpt = Checkpoint::open(&source.checkpoint).unwrap();
-    let cfg = with_dropout(source.resolve_config(&ckpt).unwrap(), 0.0);
-    let (model, _) = load_biencoder::<TB>(&ckpt, &cfg, &device, LoadOptions::default()).unwrap();
-    let hb = HostBatch::from_file(
-        &TensorFile::open(&fixtures().join("batch/inputs.safetensors")).unwrap(),
-    )
-    .unwrap();
-    let ints = |t: &lightningdot::tensor_io::HostTensor<i64>| {
-        Tensor::<TB, 1, Int>::from_data(
-            TensorData::new(t.values.clone(), [t.values.len()]),
-            &device,
-        )
-        .reshape([t.shape[0], t.shape[1]])
-    };
-    let batch = TrainBatch {
-        input_ids: ints(&hb.txt_input_ids),
-        attention_mask: ints(&hb.txt_attention_mask),
-        regions: region_batch::<TB>(&hb, &device),
-        queries: hb.txt_input_ids.shape[0],
-        loss_scale: 1.0,
-    };
-    (model, batch)
+    train_step_setup(&Default::default())
 }
 
 /// A model parameter by burn path: id, shape, values, and whether PyTorch stores it transposed.

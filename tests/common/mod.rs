@@ -22,6 +22,47 @@ pub fn tiny_source(checkpoint: &str) -> ModelSource {
     }
 }
 
+/// The autodiff CPU backend the training tests run on.
+pub type TrainBackend = burn::backend::Autodiff<lightningdot::device::CpuBackend>;
+
+/// The training-step fixture on `device`: `biencoder.best.pt` with dropout off (the reference
+/// ran `model.eval()` with gradients) and `batch/inputs.safetensors` as a training batch.
+pub fn train_step_setup(
+    device: &burn::tensor::Device<TrainBackend>,
+) -> (
+    lightningdot::model::BiEncoder<TrainBackend>,
+    lightningdot::train::TrainBatch<TrainBackend>,
+) {
+    use burn::tensor::{Int, Tensor, TensorData};
+    use lightningdot::conversion::{Checkpoint, LoadOptions, load_biencoder};
+    use lightningdot::inference::{HostBatch, region_batch};
+
+    let source = tiny_source("checkpoints/biencoder.best.pt");
+    let ckpt = Checkpoint::open(&source.checkpoint).unwrap();
+    let cfg = lightningdot::train::init::with_dropout(source.resolve_config(&ckpt).unwrap(), 0.0);
+    let (model, _) =
+        load_biencoder::<TrainBackend>(&ckpt, &cfg, device, LoadOptions::default()).unwrap();
+    let hb = HostBatch::from_file(
+        &TensorFile::open(&fixtures().join("batch/inputs.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let ints = |t: &HostTensor<i64>| {
+        Tensor::<TrainBackend, 1, Int>::from_data(
+            TensorData::new(t.values.clone(), [t.values.len()]),
+            device,
+        )
+        .reshape([t.shape[0], t.shape[1]])
+    };
+    let batch = lightningdot::train::TrainBatch {
+        input_ids: ints(&hb.txt_input_ids),
+        attention_mask: ints(&hb.txt_attention_mask),
+        regions: region_batch::<TrainBackend>(&hb, device),
+        queries: hb.txt_input_ids.shape[0],
+        loss_scale: 1.0,
+    };
+    (model, batch)
+}
+
 /// Max absolute difference; panics on a shape mismatch.
 pub fn max_abs_diff(name: &str, got: &HostTensor<f32>, want: &HostTensor<f32>) -> f32 {
     assert_eq!(got.shape, want.shape, "{name}: shape");
