@@ -79,9 +79,10 @@ fn run_in(args: &DemoArgs, dir: &Path, device: DeviceSpec) -> Result<()> {
     let vocab = dir.join("parity/txt_model_config/vocab.txt");
     let tokenizer = Tokenizer::from_path(&vocab)?;
     let data = dir.join("scenes");
+    let spec = ScenesSpec::default();
     let config = write_scenes(
         &data,
-        &ScenesSpec::default(),
+        &spec,
         &tokenizer,
         &json!({ "num_train_epochs": args.epochs, "learning_rate": 1e-3 }),
     )?;
@@ -89,9 +90,9 @@ fn run_in(args: &DemoArgs, dir: &Path, device: DeviceSpec) -> Result<()> {
     println!(
         "1. data      {} scenes x {} regions; captions: {} train, {} test  ({})",
         scenes.len(),
-        3 * ScenesSpec::default().regions_per_concept,
-        scenes.len() * ScenesSpec::default().train_captions_per_image,
-        scenes.len() * ScenesSpec::default().eval_captions_per_image,
+        3 * spec.regions_per_concept,
+        scenes.len() * spec.train_captions_per_image,
+        scenes.len() * spec.eval_captions_per_image,
         data.display()
     );
     let plan = TrainPlan::resolve(&config, &TrainOverrides::default())?;

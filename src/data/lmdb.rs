@@ -63,9 +63,9 @@ fn open_env(dir: &Path, canonical: &Path) -> Result<LmdbReader, DataError> {
     let file = dir.join("data.mdb");
     let len = std::fs::metadata(&file)
         .map_err(|e| DataError::io(&file, e))?
-        .len() as usize;
+        .len();
     const MAP_UNIT: usize = 64 << 10;
-    options.map_size(len.div_ceil(MAP_UNIT).max(1) * MAP_UNIT);
+    options.map_size((len as usize).div_ceil(MAP_UNIT).max(1) * MAP_UNIT);
 
     // The previous handle of this path may still be closing on another thread (its Arc reached
     // zero but heed has not yet forgotten the path); that window is microseconds wide.
@@ -81,7 +81,7 @@ fn open_env(dir: &Path, canonical: &Path) -> Result<LmdbReader, DataError> {
         }
     };
 
-    check_covered(dir, &env)?;
+    check_covered(dir, &env, len)?;
 
     let rtxn = env.read_txn().map_err(|e| DataError::lmdb(dir, e))?;
     let db = env
@@ -103,12 +103,8 @@ fn open_env(dir: &Path, canonical: &Path) -> Result<LmdbReader, DataError> {
 
 /// Refuses a `data.mdb` shorter than the pages in use. LMDB validates only the two meta pages
 /// at open; a page past the end of the file is first touched through the memory map, where it
-/// raises SIGBUS and kills the process without a message.
-fn check_covered(dir: &Path, env: &Env<WithoutTls>) -> Result<(), DataError> {
-    let file = dir.join("data.mdb");
-    let actual = std::fs::metadata(&file)
-        .map_err(|e| DataError::io(&file, e))?
-        .len();
+/// raises SIGBUS and kills the process without a message. `actual`: `data.mdb`'s length.
+fn check_covered(dir: &Path, env: &Env<WithoutTls>, actual: u64) -> Result<(), DataError> {
     let pages = env.info().last_page_number as u64 + 1;
     let page_size = env.unnamed_database_stat().page_size;
     let expected = pages.saturating_mul(page_size as u64);
