@@ -194,51 +194,22 @@ pub(super) fn load_record<B: Backend, M: Module<B>>(
     res.map_err(|e| first_line(&e.to_string()))
 }
 
-/// Creates directory `out` atomically: `fill` writes into a sibling temp directory, which is
-/// renamed into place only when complete (an existing `out` is replaced only with `overwrite`).
+/// Creates model directory `out` atomically ([`crate::fsio::write_dir_atomically`]), every
+/// failure reported as a [`ConvertError::ModelDir`] naming `out`.
 pub fn write_dir_atomically(
     out: &Path,
     overwrite: bool,
     fill: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<(), ConvertError> {
-    let err = |reason: String| ConvertError::ModelDir {
+    crate::fsio::write_dir_atomically(out, overwrite, fill).map_err(|e| ConvertError::ModelDir {
         path: out.display().to_string(),
-        reason,
-    };
-    if out.exists() && !overwrite {
-        return Err(err("already exists (pass --force to replace it)".into()));
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| err(format!("cannot create parent: {e}")))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "model".into());
-    let tmp: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| err(format!("cannot create temp dir: {e}")))?;
-    if let Err(reason) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(err(reason));
-    }
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old).map_err(|e| err(format!("cannot move old directory: {e}")))?;
-        std::fs::rename(&tmp, out).map_err(|e| err(format!("cannot rename into place: {e}")))?;
-        let _ = std::fs::remove_dir_all(old);
-    } else {
-        std::fs::rename(&tmp, out).map_err(|e| err(format!("cannot rename into place: {e}")))?;
-    }
-    Ok(())
+        reason: e.unwrap_or_else(|fs| fs.reason()),
+    })
 }
 
 /// Pretty JSON with a trailing newline.
 pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
+    crate::fsio::write_json(path, value).map_err(|e| e.to_string())
 }
 
 /// Where the model comes from and how to size it (`--checkpoint`, `--img-config`, …).

@@ -218,18 +218,5 @@ pub fn write_tensors(
         })
         .collect::<Result<_, _>>()?;
     let data = safetensors::serialize(views, metadata).map_err(|e| err(e.to_string()))?;
-    write_atomic(path, &data).map_err(|e| err(e.to_string()))
-}
-
-/// Writes bytes to a sibling temp file, then renames it over `path`.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "out".into());
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    crate::fsio::write_atomic(path, &data).map_err(|e| err(e.to_string()))
 }

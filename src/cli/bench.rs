@@ -234,8 +234,7 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
             })).collect::<Vec<_>>(),
             "throughput": timings.iter().map(Timing::json).collect::<Vec<_>>(),
         });
-        lightningdot::tensor_io::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+        lightningdot::fsio::write_json(path, &doc)?;
     }
     let failed: Vec<&str> = checks
         .iter()

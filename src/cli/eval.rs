@@ -373,9 +373,7 @@ pub fn run(args: EvalArgs, device: DeviceSpec) -> Result<()> {
         },
     )??;
     if let Some(p) = &args.json {
-        let text = serde_json::to_string_pretty(&out.report)? + "\n";
-        lightningdot::tensor_io::write_atomic(p, text.as_bytes())
-            .with_context(|| format!("writing {}", p.display()))?;
+        lightningdot::fsio::write_json(p, &out.report)?;
     }
     if let Some(p) = &args.dump_embeddings {
         let (tensors, meta) = out.dump;
@@ -383,9 +381,7 @@ pub fn run(args: EvalArgs, device: DeviceSpec) -> Result<()> {
         write_f32(p, &tensors, Some(meta))?;
     }
     if let Some(p) = &args.dump_ranks {
-        let text = serde_json::to_string_pretty(&out.ranks)? + "\n";
-        lightningdot::tensor_io::write_atomic(p, text.as_bytes())
-            .with_context(|| format!("writing {}", p.display()))?;
+        lightningdot::fsio::write_json(p, &out.ranks)?;
     }
     if let Some(p) = &args.dump_uniter_scores {
         let (tensors, meta) = out.uniter_scores;

@@ -20,7 +20,6 @@ use lightningdot::data::writer::{ImgDbAppender, ImgDbEncoding};
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 use lightningdot::model::detector::{Detections, load_image};
 use lightningdot::progress::bar;
-use lightningdot::tensor_io::write_atomic;
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
@@ -148,7 +147,7 @@ impl ImgDbSink {
         // The table first: it may name records a crash keeps out of the db (they are redone
         // with the same values), never the reverse.
         if let Some(p) = &self.nbb_path {
-            write_json_atomic(p, &self.nbb)?;
+            lightningdot::fsio::write_json(p, &self.nbb)?;
         }
         let records: Vec<(String, ImgDump)> = records.into_iter().map(|(n, d, _)| (n, d)).collect();
         let encoding = if self.options.compressed {
@@ -166,9 +165,9 @@ impl ImgDbSink {
         if let Some(p) = &self.nbb_path {
             let names: HashSet<&str> = self.db.names().iter().map(String::as_str).collect();
             self.nbb.retain(|k, _| names.contains(k.as_str()));
-            write_json_atomic(p, &self.nbb)?;
+            lightningdot::fsio::write_json(p, &self.nbb)?;
         }
-        write_json_atomic(&self.out.join("skipped.json"), &self.skipped)?;
+        lightningdot::fsio::write_json(&self.out.join("skipped.json"), &self.skipped)?;
         Ok((self.db.names().len(), self.skipped.len()))
     }
 }
@@ -259,11 +258,6 @@ pub fn uniter_record(det: &Detections) -> ImgDump {
             ("soft_labels".into(), array(vec![n, c1], soft_labels)),
         ],
     }
-}
-
-fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_vec_pretty(value)?;
-    write_atomic(path, &text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

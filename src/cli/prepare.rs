@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use lightningdot::conversion::write_dir_atomically;
 use lightningdot::data::Tokenizer;
 use lightningdot::data::img_db::{FloatDtype, ImgDbOptions, ImgDump};
 use lightningdot::data::writer::{encode_txt_value, write_lmdb};
+use lightningdot::fsio::write_dir_atomically;
 
 use super::extract::{BoxSelectionArgs, ImgDbSink};
 use rmpv::Value;
@@ -346,6 +346,13 @@ fn prepare_captions(args: &CaptionArgs) -> Result<()> {
                 .map_err(|e| format!("cannot write {name}: {e}"))?;
         }
         Ok(())
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            args.out.display(),
+            e.unwrap_or_else(|f| f.reason())
+        )
     })?;
     println!(
         "wrote {} captions of {} images to {}",

@@ -48,6 +48,6 @@ pub enum PretrainError {
     Train(#[from] crate::train::TrainError),
     #[error("model: {0}")]
     Model(String),
-    #[error("cannot resume from {path}: {reason}")]
-    Resume { path: String, reason: String },
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
 }

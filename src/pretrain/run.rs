@@ -1,15 +1,12 @@
-//! The pre-training run on burn-train (spec §6.5): a `Learner` over
-//! [`BiEncoderForPretraining`] with UNITER's AdamW ([`HfAdamW::uniter`]) and the
-//! [`WarmupLinear`] schedule, launched by `SupervisedTraining` with its dashboard and metric
-//! logs, and a custom loop in which one burn-train "epoch" is one checkpoint period of
-//! `valid_steps` optimizer updates:
+//! The pre-training run (spec §6.5): a `Learner` over [`BiEncoderForPretraining`] with UNITER's
+//! AdamW ([`HfAdamW::uniter`]) and the [`WarmupLinear`] schedule, run by [`crate::run`]'s engine
+//! with one period per `valid_steps` optimizer updates. The domain parts live here:
 //!
 //! * every update sums the gradients of `gradient_accumulation_steps` micro-batches of ONE task
 //!   (drawn from the mixture at the start of the cycle), clips at `grad_norm` and steps;
-//! * after each period: validation, then `last/`, `ckpt/step-N/`, the optimizer moments, the
-//!   data position and `metrics.json` are committed together, atomically
-//!   ([`OutputDir`]); a rerun with the same settings resumes after the last commit, drawing
-//!   exactly the batches and masks the uninterrupted run would have.
+//! * a commit writes `last/`, `ckpt/step-N/`, the data position and `metrics.json`; a rerun
+//!   with the same settings resumes after the last commit, drawing exactly the batches and
+//!   masks the uninterrupted run would have.
 //!
 //! ```text
 //! OUTPUT_DIR/run.json        resolved settings
@@ -28,18 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
-use burn::module::AutodiffModule;
-use burn::optim::GradientsAccumulator;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::LearningRateMetric;
-use burn::train::{
-    EventProcessorTraining, InferenceStep, Interrupter, ItemLazy, Learner, LearnerEvent,
-    LearningComponentsMarker, LearningResult, SupervisedLearningStrategy, SupervisedTraining,
-    SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents, TrainingItem,
-    TrainingStrategy, ValidLoader,
-};
+use burn::train::{ItemLazy, Learner, LearningComponentsMarker, SupervisedTraining};
 use serde::{Deserialize, Serialize};
 
 use super::data::{LoaderState, TrainData, ValSet};
@@ -50,19 +40,19 @@ use crate::conversion::{
     pretrain_no_decay, write_pretrain_dir,
 };
 use crate::model::{BiEncoderConfig, BiEncoderForPretraining, ClsConcat, PretrainTask};
-use crate::train::checkpoint::{OPTIM_STATE, OutputDir, STATE_DIR, read_json, write_json};
-use crate::train::init::{ModelInit, initial_model_with, with_dropout};
-use crate::train::learner::{Notes, check_run_file, link_tree, set_bf16};
-use crate::train::{Dashboard, HfAdamW, Init, Precision, TrainError};
+use crate::rng::SplitMix64;
+use crate::run::engine::{Launch, TrainItem, ValidItem};
+use crate::run::output::{LAST_DIR, PeriodState, link_tree};
+use crate::run::{Dashboard, Notes, OutputDir, Period, PeriodEnd, PeriodResult};
+use crate::train::init::{ModelInit, initial_model_with, vocab_source, with_dropout};
+use crate::train::{HfAdamW, Init, Precision};
 
 /// The learning components of a pre-training run on backend `B`.
 pub type PretrainComponents<B> =
     LearningComponentsMarker<B, WarmupLinear, BiEncoderForPretraining<B>, HfAdamW<B>>;
 
-const LAST_DIR: &str = "last";
+/// `OUTPUT_DIR/ckpt/step-N/`: the pre-training directory after update N.
 const CKPT_DIR: &str = "ckpt";
-const PROGRESS_FILE: &str = "progress.json";
-const METRICS_FILE: &str = "metrics.json";
 
 /// Options that do not change what is trained.
 #[derive(Debug, Clone)]
@@ -263,10 +253,11 @@ impl<B: Backend> DataLoader<B, StepInput<B>> for PretrainLoader<B> {
 
 /// A seed of the backend RNG (dropout) for period `p`.
 fn period_seed(seed: u64, p: usize) -> u64 {
-    crate::train::data::SplitMix64::new(seed, 30, p as u64).next_u64()
+    SplitMix64::new(seed, 30, p as u64).next_u64()
 }
 
-struct Ctx<B: AutodiffBackend> {
+/// The pre-training domain of the run engine.
+struct Pretraining<B: AutodiffBackend> {
     settings: PretrainSettings,
     opts: PretrainRunOptions,
     device: B::Device,
@@ -277,17 +268,18 @@ struct Ctx<B: AutodiffBackend> {
     validation: Arc<Validation>,
     optim: HfAdamW<B>,
     notes: Notes,
-    /// Task of every stream (index = stream).
     periods_this_process: AtomicUsize,
     state: Mutex<(PretrainProgress, PretrainMetrics)>,
 }
 
-enum PeriodEnd {
-    Continue,
-    Stop,
+/// Per task: loss sum, micro-batches, tokens; and the period's tokens.
+#[derive(Default)]
+struct PeriodStats {
+    per_task: BTreeMap<PretrainTask, (f64, usize, usize)>,
+    tokens: usize,
 }
 
-impl<B: AutodiffBackend> Ctx<B> {
+impl<B: AutodiffBackend> Pretraining<B> {
     fn lock_state(&self) -> std::sync::MutexGuard<'_, (PretrainProgress, PretrainMetrics)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -297,106 +289,68 @@ impl<B: AutodiffBackend> Ctx<B> {
             .num_train_steps
             .div_ceil(self.settings.valid_steps)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn period(
-        &self,
-        period: usize,
-        learner: &mut Learner<PretrainComponents<B>>,
-        train: &TrainLoader<PretrainComponents<B>>,
-        valid: &ValidLoader<PretrainComponents<B>>,
-        processor: &mut SupervisedTrainingEventProcessor<PretrainComponents<B>>,
-        interrupter: &Interrupter,
-    ) -> Result<PeriodEnd, PretrainError> {
+impl<B: AutodiffBackend> Period<PretrainComponents<B>> for Pretraining<B> {
+    type Error = PretrainError;
+    type TrainStats = PeriodStats;
+    type ValidStats = ();
+    const UNIT: &'static str = "period";
+    const APPLY_PARTIAL_GROUP: bool = false;
+
+    fn notes(&self) -> &Notes {
+        &self.notes
+    }
+
+    fn accumulation(&self) -> usize {
+        self.settings.gradient_accumulation_steps
+    }
+
+    fn updates_done(&self) -> usize {
+        self.lock_state().0.step
+    }
+
+    fn begin(&self, period: usize) {
         let s = &self.settings;
-        let started = Instant::now();
         B::seed(&self.device, period_seed(s.seed, period));
-        let mut step = self.lock_state().0.step;
+        let step = self.updates_done();
         let updates = s.valid_steps.min(s.num_train_steps.saturating_sub(step));
-        let accum = s.gradient_accumulation_steps;
         self.shared
             .micro_steps
-            .store(updates * accum, Ordering::SeqCst);
-        let global = Progress::new(period, self.num_periods());
+            .store(updates * s.gradient_accumulation_steps, Ordering::SeqCst);
+    }
 
-        let mut iterator = train.iter();
-        let mut accumulator = GradientsAccumulator::<BiEncoderForPretraining<B>>::new();
-        let (mut in_group, mut iteration, mut tokens) = (0, 0, 0usize);
-        let mut per_task: BTreeMap<PretrainTask, (f64, usize, usize)> = BTreeMap::new();
-        while let Some(item) = iterator.next() {
-            iteration += 1;
-            if in_group == 0 {
-                learner.lr_step();
-            }
-            let progress = iterator.progress();
-            let out = learner.train_step(item);
-            let stats = out.item.clone().sync();
-            let e = per_task.entry(stats.task).or_default();
-            e.0 += stats.loss;
-            e.1 += 1;
-            e.2 += stats.tokens;
-            tokens += stats.tokens;
-            in_group += 1;
-            if accum == 1 {
-                learner.optimizer_step(out.grads);
-                in_group = 0;
-                step += 1;
-            } else {
-                accumulator.accumulate(&learner.model(), out.grads);
-                if in_group == accum {
-                    learner.optimizer_step(accumulator.grads());
-                    in_group = 0;
-                    step += 1;
-                }
-            }
-            processor.process_train(LearnerEvent::ProcessedItem(TrainingItem::new(
-                out.item,
-                progress,
-                global.clone(),
-                Some(iteration),
-                Some(learner.lr_current()),
-            )));
-            if interrupter.should_stop() {
-                break;
-            }
-        }
-        drop(iterator);
-        processor.process_train(LearnerEvent::EndEpoch(period));
-        self.shared.take_error()?;
-        if interrupter.should_stop() || in_group != 0 {
-            self.notes.info(&format!(
-                "period {period} interrupted at update {step}: not saved (rerun the command to \
-                 redo it)"
-            ));
-            return Ok(PeriodEnd::Stop);
-        }
-        let train_seconds = started.elapsed().as_secs_f64();
+    fn observe_train(&self, stats: &mut PeriodStats, item: &TrainItem<PretrainComponents<B>>) {
+        let step = item.clone().sync();
+        let e = stats.per_task.entry(step.task).or_default();
+        e.0 += step.loss;
+        e.1 += 1;
+        e.2 += step.tokens;
+        stats.tokens += step.tokens;
+    }
 
-        let model = learner.model().valid();
-        let mut viter = valid.iter();
-        while let Some(item) = viter.next() {
-            let progress = viter.progress();
-            let out = model.step(item);
-            processor.process_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
-                out,
-                progress,
-                global.clone(),
-                None,
-                None,
-            )));
-        }
-        processor.process_valid(LearnerEvent::EndEpoch(period));
+    fn observe_valid(&self, _: &mut (), _: &ValidItem<PretrainComponents<B>>) {
+        // The validation report is collected by `Validation` itself (one item per set).
+    }
+
+    fn commit(
+        &self,
+        done: PeriodResult<'_, PretrainComponents<B>, Self>,
+    ) -> Result<PeriodEnd, PretrainError> {
+        let s = &self.settings;
+        let (period, step) = (done.period, done.updates);
         let val = match self.validation.last.lock().ok().and_then(|mut g| g.take()) {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => return Err(PretrainError::Model(format!("validation: {e}"))),
             None => None,
         };
-
         let record = CheckpointRecord {
             step,
             period,
-            lr: learner.lr_current(),
-            train: per_task
+            lr: done.lr,
+            train: done
+                .train
+                .per_task
                 .iter()
                 .map(|(t, (sum, n, tok))| {
                     (
@@ -410,28 +364,10 @@ impl<B: AutodiffBackend> Ctx<B> {
                 })
                 .collect(),
             val,
-            seconds: started.elapsed().as_secs_f64(),
-            tokens_per_second: tokens as f64 / train_seconds.max(1e-9),
+            seconds: done.started.elapsed().as_secs_f64(),
+            tokens_per_second: done.train.tokens as f64 / done.train_seconds.max(1e-9),
         };
-        self.commit(period, step, &model, record)?;
 
-        let n = self.periods_this_process.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.opts.stop_after_periods == Some(n) && step < s.num_train_steps {
-            self.notes.info(&format!(
-                "stopping after update {step} as asked; rerun to continue"
-            ));
-            return Ok(PeriodEnd::Stop);
-        }
-        Ok(PeriodEnd::Continue)
-    }
-
-    fn commit(
-        &self,
-        period: usize,
-        step: usize,
-        model: &BiEncoderForPretraining<B::InnerBackend>,
-        record: CheckpointRecord,
-    ) -> Result<(), PretrainError> {
         let (mut progress, mut metrics) = self.lock_state().clone();
         progress.period = period;
         progress.step = step;
@@ -446,38 +382,52 @@ impl<B: AutodiffBackend> Ctx<B> {
         let summary = summarize(&record);
         metrics.checkpoints.push(record);
 
-        let staging = self.out.begin()?;
-        let last = staging.join(LAST_DIR);
-        write_pretrain_dir(
-            model.clone(),
-            &self.model_config,
-            RecordPrecision::F32,
-            &last,
-            true,
-            self.vocab_dir.as_deref(),
-        )?;
-        let ckpt = staging.join(CKPT_DIR);
-        let old_ckpt = self.out.path(CKPT_DIR);
-        if old_ckpt.is_dir() {
-            link_tree(&old_ckpt, &ckpt)?;
-        }
-        link_tree(&last, &ckpt.join(format!("step-{step}")))?;
-        let state = staging.join(STATE_DIR);
-        std::fs::create_dir_all(&state).map_err(|e| TrainError::output(&state, e))?;
-        let (tensors, meta) = self.optim.state_tensors();
-        crate::tensor_io::write_f32(&state.join(OPTIM_STATE), &tensors, Some(meta)).map_err(
-            |e| TrainError::output(&state, format!("cannot write optimizer state: {e}")),
-        )?;
-        write_json(&state.join(PROGRESS_FILE), &progress)?;
-        write_json(&staging.join(METRICS_FILE), &metrics)?;
-        self.out.commit()?;
+        let state = PeriodState {
+            optimizer: self.optim.state_tensors(),
+            progress: &progress,
+            metrics: &metrics,
+        };
+        self.out.commit_period(state, |staging| {
+            let last = staging.join(LAST_DIR);
+            write_pretrain_dir(
+                done.model.clone(),
+                &self.model_config,
+                RecordPrecision::F32,
+                &last,
+                true,
+                self.vocab_dir.as_deref(),
+            )?;
+            let ckpt = staging.join(CKPT_DIR);
+            let old_ckpt = self.out.path(CKPT_DIR);
+            if old_ckpt.is_dir() {
+                link_tree(&old_ckpt, &ckpt)?;
+            }
+            link_tree(&last, &ckpt.join(format!("step-{step}")))?;
+            Ok::<(), PretrainError>(())
+        })?;
         self.notes.info(&format!(
             "update {step}/{}: {summary}; committed to {}",
-            self.settings.num_train_steps,
+            s.num_train_steps,
             self.out.root().display()
         ));
         *self.lock_state() = (progress, metrics);
-        Ok(())
+
+        let n = self.periods_this_process.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.opts.stop_after_periods == Some(n) && step < s.num_train_steps {
+            self.notes.info(&format!(
+                "stopping after update {step} as asked; rerun to continue"
+            ));
+            return Ok(PeriodEnd::Stop);
+        }
+        Ok(PeriodEnd::Continue)
+    }
+
+    fn take_error(&self) -> Result<(), PretrainError> {
+        self.shared.take_error()
+    }
+
+    fn set_error(&self, e: PretrainError) {
+        self.shared.set_error(e);
     }
 }
 
@@ -513,44 +463,6 @@ fn summarize(r: &CheckpointRecord) -> String {
         val.join(", "),
         r.tokens_per_second
     )
-}
-
-struct PeriodLoop<B: AutodiffBackend> {
-    ctx: Arc<Ctx<B>>,
-}
-
-impl<B: AutodiffBackend> SupervisedLearningStrategy<PretrainComponents<B>> for PeriodLoop<B> {
-    fn fit(
-        &self,
-        components: TrainingComponents<PretrainComponents<B>>,
-        mut learner: Learner<PretrainComponents<B>>,
-        train: TrainLoader<PretrainComponents<B>>,
-        valid: ValidLoader<PretrainComponents<B>>,
-        starting_epoch: usize,
-    ) -> (
-        BiEncoderForPretraining<B>,
-        SupervisedTrainingEventProcessor<PretrainComponents<B>>,
-    ) {
-        let mut processor = components.event_processor;
-        for period in starting_epoch..=components.num_epochs {
-            match self.ctx.period(
-                period,
-                &mut learner,
-                &train,
-                &valid,
-                &mut processor,
-                &components.interrupter,
-            ) {
-                Ok(PeriodEnd::Continue) => {}
-                Ok(PeriodEnd::Stop) => break,
-                Err(e) => {
-                    self.ctx.shared.set_error(e);
-                    break;
-                }
-            }
-        }
-        (learner.model(), processor)
-    }
 }
 
 /// The initial model (fresh run) with the run's dropout.
@@ -598,12 +510,8 @@ pub fn run<B: AutodiffBackend>(
     device: B::Device,
 ) -> Result<PretrainSummary, PretrainError> {
     let s = &plan.settings;
-    if s.precision == Precision::Bf16 {
-        set_bf16::<B>(&device)?;
-    }
-    let out = OutputDir::prepare(&plan.output_dir)?;
-    check_run_file(&out, s)?;
-    let notes = Notes::new(out.root());
+    let bf16 = s.precision == Precision::Bf16;
+    let (out, notes) = crate::run::open::<B, _>(&plan.output_dir, s, bf16, &device)?;
 
     let t = Instant::now();
     let mut data = TrainData::open(s)?;
@@ -632,26 +540,9 @@ pub fn run<B: AutodiffBackend>(
         s.cls_concat
     ));
 
-    let progress: Option<PretrainProgress> = {
-        let p = out.path(STATE_DIR).join(PROGRESS_FILE);
-        if p.is_file() {
-            Some(read_json(&p)?)
-        } else {
-            None
-        }
-    };
-    let metrics: PretrainMetrics = {
-        let p = out.path(METRICS_FILE);
-        if p.is_file() {
-            read_json(&p)?
-        } else {
-            PretrainMetrics::default()
-        }
-    };
-    let resume_err = |reason: String| PretrainError::Resume {
-        path: out.root().display().to_string(),
-        reason,
-    };
+    let progress: Option<PretrainProgress> = out.progress()?;
+    let metrics: PretrainMetrics = out.metrics()?;
+    let resume_err = |reason: String| out.resume_error(reason);
     let (model, model_config, vocab_dir) = match &progress {
         Some(p) => {
             let last = out.path(LAST_DIR);
@@ -662,7 +553,7 @@ pub fn run<B: AutodiffBackend>(
             let (model, cfg, heads) = load_pretraining_source_with::<B>(&source, |c| c, &device)
                 .map_err(|e| resume_err(e.to_string()))?;
             if heads != HeadsSource::Loaded {
-                return Err(resume_err(format!("{} has no heads.mpk", last.display())));
+                return Err(resume_err(format!("{} has no heads.mpk", last.display())).into());
             }
             if let Some(l) = &p.loader {
                 data.restore(l).map_err(|e| resume_err(e.to_string()))?;
@@ -679,15 +570,7 @@ pub fn run<B: AutodiffBackend>(
             B::seed(&device, s.seed);
             let (model, cfg, what) = initial::<B>(s, &device)?;
             notes.info(&format!("initial weights: {what}"));
-            let vocab = match &s.init {
-                Init::Biencoder(p) if p.is_dir() => Some(p.clone()),
-                _ => s
-                    .txt_config
-                    .as_ref()
-                    .map(std::path::PathBuf::from)
-                    .filter(|p| p.is_dir()),
-            };
-            (model, cfg, vocab)
+            (model, cfg, vocab_source(&s.init, s.txt_config.as_deref()))
         }
     };
     let no_decay = param_ids(&model)
@@ -697,10 +580,8 @@ pub fn run<B: AutodiffBackend>(
         .collect();
     let optim = HfAdamW::<B>::uniter(s.grad_norm, s.betas, s.weight_decay, no_decay);
     if progress.is_some() {
-        let file = crate::tensor_io::TensorFile::open(&out.path(STATE_DIR).join(OPTIM_STATE))
-            .map_err(|e| resume_err(format!("optimizer state: {e}")))?;
         optim
-            .load_state(&file, &device)
+            .load_state(&out.optimizer_state()?, &device)
             .map_err(|e| resume_err(format!("optimizer state: {e}")))?;
     }
     let done = progress.as_ref().map(|p| p.step).unwrap_or(0);
@@ -737,7 +618,7 @@ pub fn run<B: AutodiffBackend>(
         mode: s.cls_concat,
         last: Mutex::new(None),
     });
-    let ctx = Arc::new(Ctx::<B> {
+    let ctx = Arc::new(Pretraining::<B> {
         settings: s.clone(),
         opts: opts.clone(),
         device: device.clone(),
@@ -753,8 +634,6 @@ pub fn run<B: AutodiffBackend>(
     });
 
     if done < s.num_train_steps {
-        let strategy: Arc<dyn SupervisedLearningStrategy<PretrainComponents<B>>> =
-            Arc::new(PeriodLoop { ctx: ctx.clone() });
         let train_loader = Arc::new(PretrainLoader::<B> {
             shared: shared.clone(),
             device: device.clone(),
@@ -764,10 +643,7 @@ pub fn run<B: AutodiffBackend>(
             out.root(),
             train_loader,
             valid_loader,
-        )
-        .with_application_logger(None)
-        .num_epochs(ctx.num_periods())
-        .with_training_strategy(TrainingStrategy::Custom(strategy));
+        );
         for &t in &tasks {
             training = training.metric_train_numeric(TaskLossMetric::new(t));
         }
@@ -775,32 +651,14 @@ pub fn run<B: AutodiffBackend>(
         for &t in &val_tasks {
             training = training.metric_valid_numeric(ValMetric::for_task(t));
         }
-        if periods_done > 0 {
-            training = training.checkpoint(periods_done);
-        }
-        let tui = match opts.dashboard {
-            Dashboard::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()),
-            Dashboard::Tui => true,
-            Dashboard::Plain => false,
-        };
-        training = if tui {
-            notes.set_quiet(true);
-            let r = burn::train::renderer::tui::TuiMetricsRendererWrapper::new(
-                training.interrupter(),
-                Some(periods_done),
-            );
-            training.renderer(r)
-        } else {
-            training.renderer(super::renderer::PretrainRenderer::new(
-                opts.progress_interval,
-            ))
+        let how = Launch {
+            num_periods: ctx.num_periods(),
+            resumed: (periods_done > 0).then_some(periods_done),
+            dashboard: opts.dashboard,
+            plain: super::renderer::PretrainRenderer::new(opts.progress_interval),
         };
         let learner = Learner::new(model, optim, scheduler);
-        let result: LearningResult<BiEncoderForPretraining<B::InnerBackend>> =
-            training.launch(learner);
-        drop(result);
-        notes.set_quiet(false);
-        shared.take_error()?;
+        crate::run::launch(ctx.clone(), training, learner, how)?;
     }
     let (progress, metrics) = ctx.lock_state().clone();
     Ok(PretrainSummary {

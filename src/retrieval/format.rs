@@ -235,24 +235,9 @@ pub fn write_index(
         (None, None) => {}
         _ => return Err(err("text vectors and text ids disagree".into())),
     }
-    if out.exists() && !overwrite {
-        return Err(err("already exists (pass --force to replace it)".into()));
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| RetrievalError::io(parent, e))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "index".into());
-    let tmp: PathBuf = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| RetrievalError::io(&tmp, e))?;
-    let result = (|| {
+    crate::fsio::write_dir_atomically(out, overwrite, |tmp| {
         write_vectors(&tmp.join(VECTORS_FILE), meta, images, texts)?;
-        extra(&tmp)?;
+        extra(tmp)?;
         let mut meta = meta.clone();
         if let Some(ann) = meta.ann.as_mut() {
             ann.crc32 = Some(file_crc32(&tmp.join(ANN_FILE))?);
@@ -260,20 +245,8 @@ pub fn write_index(
         let text = serde_json::to_string(&meta).map_err(|e| err(e.to_string()))?;
         let meta_path = tmp.join(META_FILE);
         std::fs::write(&meta_path, text + "\n").map_err(|e| RetrievalError::io(&meta_path, e))
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old).map_err(|e| RetrievalError::io(out, e))?;
-        std::fs::rename(&tmp, out).map_err(|e| RetrievalError::io(out, e))?;
-        let _ = std::fs::remove_dir_all(old);
-    } else {
-        std::fs::rename(&tmp, out).map_err(|e| RetrievalError::io(out, e))?;
-    }
-    Ok(())
+    })
+    .map_err(|e| e.unwrap_or_else(|fs| err(fs.reason())))
 }
 
 fn write_vectors(

@@ -28,6 +28,17 @@ pub fn with_dropout(mut cfg: BiEncoderConfig, p: f64) -> BiEncoderConfig {
     cfg
 }
 
+/// Where a fresh run's vocabulary files come from (copied into every model directory it
+/// writes): a bi-encoder directory, else a text-config directory.
+pub fn vocab_source(init: &Init, txt_config: Option<&str>) -> Option<std::path::PathBuf> {
+    match init {
+        Init::Biencoder(p) if p.is_dir() => Some(p.clone()),
+        _ => txt_config
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_dir()),
+    }
+}
+
 /// What the initial bi-encoder is built from (the fields of a fine-tune or pre-training config
 /// that name weights and sizes).
 #[derive(Debug, Clone)]

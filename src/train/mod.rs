@@ -10,9 +10,9 @@
 //! | [`schedule`] | linear warmup then linear decay, per update |
 //! | [`metric`] | whole-dev-split recall as a burn-train epoch metric (`InferenceStep`) |
 //! | [`hard_negatives`] | exact-search mining over the training set and the sampling modes |
-//! | [`checkpoint`] | crash-safe epoch commits: `best/`, `last/`, `state/`, `metrics.json` |
+//! | [`checkpoint`] | what an epoch commit holds: `best/`, progress, `metrics.json` |
 //! | [`renderer`] | plain progress lines when stdout is not a terminal |
-//! | [`learner`] | the burn-train wiring: learner, custom epoch loop, resume |
+//! | [`learner`] | the fine-tuning domain of [`crate::run`]'s engine: commits, mining, resume |
 //! | [`synthetic`] | a small learnable task in the UNITER formats (tests, benchmarks) |
 //! | [`scenes`] | the demo's collection: learnable scenes captioned in words |
 //!
@@ -33,8 +33,9 @@ pub mod schedule;
 pub mod step_report;
 pub mod synthetic;
 
+pub use crate::run::{Dashboard, set_bf16};
 pub use config::{Init, Precision, Sampling, TrainOverrides, TrainPlan, TrainSettings, Warmup};
-pub use learner::{Dashboard, RunOptions, TrainSummary, run, set_bf16};
+pub use learner::{RunOptions, TrainSummary, run};
 pub use loss::{ContrastiveLosses, TrainBatch, contrastive_loss};
 pub use optim::{HfAdamW, global_grad_norm};
 pub use schedule::LinearWarmupDecay;
@@ -52,21 +53,8 @@ pub enum TrainError {
     Model(String),
     #[error("{0}")]
     Eval(#[from] crate::eval::EvalError),
-    #[error("output directory {path}: {reason}")]
-    Output { path: String, reason: String },
-    #[error("cannot resume from {path}: {reason}")]
-    Resume { path: String, reason: String },
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
     #[error("hard negatives: {0}")]
     HardNegatives(String),
-    #[error("device: {0}")]
-    Device(String),
-}
-
-impl TrainError {
-    pub(crate) fn output(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
-        TrainError::Output {
-            path: path.display().to_string(),
-            reason: reason.to_string(),
-        }
-    }
 }

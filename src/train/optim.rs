@@ -59,7 +59,7 @@ struct AdamState<B: Backend> {
 }
 
 /// Host tensors and metadata of [`HfAdamW::state_tensors`].
-pub type OptimizerState = (Vec<(String, HostTensor<f32>)>, HashMap<String, String>);
+pub use crate::run::output::OptimizerState;
 
 /// Global-norm clipping + transformers 2.3.0 AdamW. Clones share their state (see the module
 /// doc); training uses one optimizer.
