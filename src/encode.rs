@@ -1,9 +1,11 @@
 //! Host batches (from [`crate::data`]) through the model towers to host vectors.
-//! The one place where data meets the model; eval, index and serve all go through it.
+//! The one place where data meets the model; eval, training validation, hard-negative mining,
+//! index building and serve all go through it. Whole corpora are encoded by
+//! [`encode_texts_by_length`] and [`encode_images_by_size`].
 
 use burn::prelude::*;
 
-use crate::data::{ImageBatch, TextBatch};
+use crate::data::{DataError, ImageBatch, ImgDb, TextBatch, collate_texts, dataset::image_batch};
 use crate::model::{BiEncoder, IMG_FEAT_DIM, IMG_POS_DIM, RegionBatch};
 
 pub(crate) fn ints<B: Backend>(
@@ -88,4 +90,88 @@ pub fn encode_images<B: Backend>(
     device: &B::Device,
 ) -> Vec<f32> {
     to_host(model.encode_image(&region_tensors(batch, device)))
+}
+
+/// Whether corpus encoding shows a progress bar (off while a dashboard owns the terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Hidden,
+    /// A bar with this label.
+    Bar(&'static str),
+}
+
+/// Encodes items `0..n` in batches of `batch_size`, largest first (`size(i)`): padding is
+/// masked exactly, so grouping similar sizes only saves work. `encode(chunk)` returns the
+/// chunk's vectors row-major; the result is `[n, dim]` row-major in input order, and `dim`.
+fn encode_by_size<E>(
+    n: usize,
+    size: impl Fn(usize) -> usize,
+    batch_size: usize,
+    progress: Progress,
+    mut encode: impl FnMut(&[usize]) -> Result<Vec<f32>, E>,
+) -> Result<(Vec<f32>, usize), E> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(i)));
+    let pb = match progress {
+        Progress::Bar(what) => crate::progress::bar(n, what),
+        Progress::Hidden => indicatif::ProgressBar::hidden(),
+    };
+    let (mut rows, mut dim) = (Vec::new(), 0);
+    for chunk in order.chunks(batch_size.max(1)) {
+        let v = encode(chunk)?;
+        if dim == 0 {
+            dim = v.len() / chunk.len();
+            rows = vec![0f32; n * dim];
+        }
+        for (row, &i) in v.chunks(dim.max(1)).zip(chunk) {
+            rows[i * dim..(i + 1) * dim].copy_from_slice(row);
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok((rows, dim))
+}
+
+/// Caption vectors `[texts.len(), dim]` (row-major, input order) and `dim`; each text is its
+/// token ids with `[CLS]`/`[SEP]`.
+pub fn encode_texts_by_length<B: Backend>(
+    model: &BiEncoder<B>,
+    texts: &[&[u32]],
+    batch_size: usize,
+    progress: Progress,
+    device: &B::Device,
+) -> (Vec<f32>, usize) {
+    let encoded = encode_by_size(
+        texts.len(),
+        |i| texts[i].len(),
+        batch_size,
+        progress,
+        |chunk| {
+            let ids: Vec<&[u32]> = chunk.iter().map(|&i| texts[i]).collect();
+            Ok::<_, std::convert::Infallible>(encode_texts(model, &collate_texts(&ids), device))
+        },
+    );
+    match encoded {
+        Ok(v) => v,
+        Err(never) => match never {},
+    }
+}
+
+/// Image vectors `[names.len(), dim]` (row-major, input order) and `dim`, batched by box count.
+pub fn encode_images_by_size<B: Backend>(
+    model: &BiEncoder<B>,
+    img_db: &ImgDb,
+    names: &[String],
+    batch_size: usize,
+    progress: Progress,
+    device: &B::Device,
+) -> Result<(Vec<f32>, usize), DataError> {
+    let nbb: Vec<usize> = names
+        .iter()
+        .map(|n| img_db.num_bb(n))
+        .collect::<Result<_, _>>()?;
+    encode_by_size(names.len(), |i| nbb[i], batch_size, progress, |chunk| {
+        let batch: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
+        Ok(encode_images(model, &image_batch(img_db, &batch)?, device))
+    })
 }

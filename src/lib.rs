@@ -19,14 +19,16 @@
 
 #[path = "../model_conversion/mod.rs"]
 pub mod conversion;
+pub mod batch;
 pub mod data;
 pub mod device;
 pub mod encode;
 pub mod eval;
 pub mod fsio;
-pub mod inference;
+pub mod forward;
 pub mod model;
 pub mod pretrain;
+pub mod regions;
 pub mod progress;
 pub mod rerank;
 pub mod retrieval;

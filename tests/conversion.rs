@@ -9,7 +9,7 @@ use lightningdot::conversion::{
     manifest_coverage, uniter_key_to_image_tower, write_model_dir,
 };
 use lightningdot::device::CpuBackend;
-use lightningdot::inference::{HostBatch, forward_stages};
+use lightningdot::forward::{HostBatch, forward_stages};
 use lightningdot::model::{BiEncoder, BiEncoderConfig, EncoderConfig, ImageEncoder};
 use lightningdot::tensor_io::TensorFile;
 

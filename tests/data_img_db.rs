@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use lightningdot::data::writer::{ImgDbEncoding, write_img_db};
-use lightningdot::data::{IMG_DIM, ImgDb, ImgDbOptions, ImgDump, POS_DIM};
+use lightningdot::data::{IMG_FEAT_DIM, ImgDb, ImgDbOptions, ImgDump, IMG_POS_DIM};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
@@ -50,9 +50,9 @@ fn nbb_values_match_json_and_readme() {
         assert_eq!(db.num_bb(name).unwrap(), *nbb, "{name}");
         let region = db.get(name).unwrap();
         assert_eq!(region.num_bb, *nbb, "{name}");
-        assert_eq!(region.features.len(), nbb * IMG_DIM);
-        assert_eq!(region.boxes.len(), nbb * POS_DIM);
-        for b in region.boxes.chunks_exact(POS_DIM) {
+        assert_eq!(region.features.len(), nbb * IMG_FEAT_DIM);
+        assert_eq!(region.boxes.len(), nbb * IMG_POS_DIM);
+        for b in region.boxes.chunks_exact(IMG_POS_DIM) {
             assert_eq!(b[6], b[4] * b[5], "area column of {name}");
         }
         nbbs.push(*nbb);
@@ -68,7 +68,7 @@ fn dump_holds_all_four_float16_arrays() {
     let dump = db.get_dump(name).unwrap();
     let nbb = db.num_bb(name).unwrap();
     for (field, cols) in [
-        ("features", Some(IMG_DIM)),
+        ("features", Some(IMG_FEAT_DIM)),
         ("norm_bb", Some(6)),
         ("soft_labels", Some(1601)),
         ("conf", None),
@@ -161,8 +161,8 @@ fn fixed_num_bb_takes_a_prefix() {
         assert_eq!(fixed.num_bb(name).unwrap(), 12);
         let got = fixed.get(name).unwrap();
         assert_eq!(got.num_bb, n, "{name}");
-        assert_eq!(got.features, full.features[..n * IMG_DIM]);
-        assert_eq!(got.boxes, full.boxes[..n * POS_DIM]);
+        assert_eq!(got.features, full.features[..n * IMG_FEAT_DIM]);
+        assert_eq!(got.boxes, full.boxes[..n * IMG_POS_DIM]);
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use lightningdot::device::CpuBackend;
-use lightningdot::inference::{HostBatch, forward_stages};
+use lightningdot::forward::{HostBatch, forward_stages};
 use lightningdot::tensor_io::TensorFile;
 
 const ATOL: f32 = 1e-4;

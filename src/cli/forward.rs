@@ -8,7 +8,7 @@ use burn::prelude::Backend;
 use clap::{Args, ValueEnum};
 use lightningdot::conversion::{HeadsSource, LoadOptions, UniterSource, load_pretraining_source};
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
-use lightningdot::inference::{HostBatch, forward_stages};
+use lightningdot::forward::{HostBatch, forward_stages};
 use lightningdot::model::{ClsConcat, PretrainTask, RANK_MARGIN, rank_loss};
 use lightningdot::pretrain::{PretrainHostBatch, task_outputs};
 use lightningdot::rerank::ItmHostBatch;

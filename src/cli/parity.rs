@@ -13,7 +13,7 @@ use lightningdot::conversion::{
     Checkpoint, ModelSource, RecordPrecision, load_biencoder, write_model_dir,
 };
 use lightningdot::device::{BackendTask, DeviceSpec, TrainTask, run_on, run_train_on};
-use lightningdot::inference::{HostBatch, forward_stages, region_batch};
+use lightningdot::forward::{HostBatch, forward_stages, region_batch};
 use lightningdot::tensor_io::{HostTensor, TensorFile};
 use lightningdot::train::init::with_dropout;
 use lightningdot::train::step_report::{StepReport, step_report};

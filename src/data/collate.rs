@@ -7,7 +7,7 @@
 //! `gather_index` = `arange(1 + max_regions)` in every row (an identity gather).
 
 use super::DataError;
-use super::img_db::{IMG_DIM, POS_DIM, RegionFeatures};
+use super::img_db::{IMG_FEAT_DIM, IMG_POS_DIM, RegionFeatures};
 
 /// Right-padded caption ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,9 +24,9 @@ pub struct TextBatch {
 /// Zero-padded region features; slot 0 of the attention mask is the image-side [CLS] token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageBatch {
-    /// `[batch, max_regions, IMG_DIM]`, zero rows after each image's `num_bb`.
+    /// `[batch, max_regions, IMG_FEAT_DIM]`, zero rows after each image's `num_bb`.
     pub img_feat: Vec<f32>,
-    /// `[batch, max_regions, POS_DIM]`, zero rows after each image's `num_bb`.
+    /// `[batch, max_regions, IMG_POS_DIM]`, zero rows after each image's `num_bb`.
     pub img_pos_feat: Vec<f32>,
     /// `[batch, 1 + max_regions]`: 1 for [CLS] and the first `num_bb` regions, 0 after.
     pub attention_mask: Vec<i64>,
@@ -62,27 +62,27 @@ pub fn collate_texts<T: AsRef<[u32]>>(texts: &[T]) -> TextBatch {
 /// vectors do not match its `num_bb`.
 pub fn collate_images(images: &[&RegionFeatures]) -> Result<ImageBatch, DataError> {
     for (i, img) in images.iter().enumerate() {
-        if img.features.len() != img.num_bb * IMG_DIM || img.boxes.len() != img.num_bb * POS_DIM {
+        if img.features.len() != img.num_bb * IMG_FEAT_DIM || img.boxes.len() != img.num_bb * IMG_POS_DIM {
             return Err(DataError::Batch(format!(
                 "image {i} has num_bb {} but {} feature and {} position values \
                  (expected {} and {})",
                 img.num_bb,
                 img.features.len(),
                 img.boxes.len(),
-                img.num_bb * IMG_DIM,
-                img.num_bb * POS_DIM
+                img.num_bb * IMG_FEAT_DIM,
+                img.num_bb * IMG_POS_DIM
             )));
         }
     }
     let batch = images.len();
     let max_regions = images.iter().map(|img| img.num_bb).max().unwrap_or(0);
-    let mut img_feat = vec![0f32; batch * max_regions * IMG_DIM];
-    let mut img_pos_feat = vec![0f32; batch * max_regions * POS_DIM];
+    let mut img_feat = vec![0f32; batch * max_regions * IMG_FEAT_DIM];
+    let mut img_pos_feat = vec![0f32; batch * max_regions * IMG_POS_DIM];
     let mut attention_mask = vec![0i64; batch * (1 + max_regions)];
     for (i, img) in images.iter().enumerate() {
-        let feat_row = i * max_regions * IMG_DIM;
+        let feat_row = i * max_regions * IMG_FEAT_DIM;
         img_feat[feat_row..feat_row + img.features.len()].copy_from_slice(&img.features);
-        let pos_row = i * max_regions * POS_DIM;
+        let pos_row = i * max_regions * IMG_POS_DIM;
         img_pos_feat[pos_row..pos_row + img.boxes.len()].copy_from_slice(&img.boxes);
         let mask_row = i * (1 + max_regions);
         attention_mask[mask_row..mask_row + 1 + img.num_bb].fill(1);

@@ -28,10 +28,7 @@ use super::codec::{self, RawArray};
 use super::json::read_json;
 use super::lmdb::{self, LmdbReader};
 
-/// Region feature width of the BUTD detector (`dvl.const.IMG_DIM`).
-pub const IMG_DIM: usize = 2048;
-/// Position feature width: the 6 stored `norm_bb` columns plus the area.
-pub const POS_DIM: usize = 7;
+pub use crate::regions::{IMG_FEAT_DIM, IMG_POS_DIM};
 /// Stored `norm_bb` width.
 const BB_DIM: usize = 6;
 /// LMDB key listing every image name.
@@ -39,7 +36,8 @@ pub(crate) const KEYS_KEY: &str = "__keys__";
 
 /// Which LMDB of an image db directory to read and how many boxes to take (UNITER's
 /// `conf_th` / `max_bb` / `min_bb` / `num_bb` / `compressed_db` options).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Serialised as it is into `run.json` and `index.json` (`compressed` for `compressed_db`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImgDbOptions {
     /// Detector confidence threshold; `-1` selects the fixed-`num_bb` db `feat_numbb{num_bb}`.
     pub conf_th: f32,
@@ -177,9 +175,9 @@ impl ImgDump {
 /// The boxes of one image as the encoders consume them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegionFeatures {
-    /// `[num_bb, IMG_DIM]` row-major.
+    /// `[num_bb, IMG_FEAT_DIM]` row-major.
     pub features: Vec<f32>,
-    /// `[num_bb, POS_DIM]` row-major: `[x1, y1, x2, y2, w, h, w * h]`.
+    /// `[num_bb, IMG_POS_DIM]` row-major: `[x1, y1, x2, y2, w, h, w * h]`.
     pub boxes: Vec<f32>,
     /// Number of boxes taken.
     pub num_bb: usize,
@@ -346,9 +344,9 @@ impl ImgDb {
         self.with_fields(name, wanted, |arrays| {
             let features = arrays[0].as_ref().ok_or("record has no 'features' array")?;
             let norm_bb = arrays[1].as_ref().ok_or("record has no 'norm_bb' array")?;
-            if features.shape.len() != 2 || features.shape[1] != IMG_DIM {
+            if features.shape.len() != 2 || features.shape[1] != IMG_FEAT_DIM {
                 return Err(format!(
-                    "'features' has shape {:?}, expected [N, {IMG_DIM}]",
+                    "'features' has shape {:?}, expected [N, {IMG_FEAT_DIM}]",
                     features.shape
                 ));
             }
@@ -376,7 +374,7 @@ impl ImgDb {
             let n = nbb.min(features.rows());
             let features = features.prefix_f32(n);
             let bb = norm_bb.prefix_f32(n);
-            let mut boxes = Vec::with_capacity(n * POS_DIM);
+            let mut boxes = Vec::with_capacity(n * IMG_POS_DIM);
             for b in bb.chunks_exact(BB_DIM) {
                 boxes.extend_from_slice(b);
                 boxes.push(b[4] * b[5]);

@@ -9,10 +9,9 @@ use std::collections::HashMap;
 use burn::prelude::*;
 use serde::Serialize;
 
-use crate::data::{DataError, ImgDb, ItmEvalDataset, TxtDb, collate_texts, dataset::image_batch};
-use crate::encode::{encode_images, encode_texts};
+use crate::data::{DataError, ImgDb, ItmEvalDataset, TxtDb};
+use crate::encode::{Progress, encode_images_by_size, encode_texts_by_length};
 use crate::model::BiEncoder;
-use crate::progress::bar;
 use crate::search::FlatIndex;
 pub use config::{EvalConfig, SplitPaths};
 pub use recall::{KS, Rankings, Recall, SplitRecall};
@@ -49,8 +48,7 @@ pub fn open_split(paths: &SplitPaths, cfg: &EvalConfig) -> Result<(TxtDb, ImgDb)
     Ok((txt, img))
 }
 
-/// Encodes every caption and every unique image of a split. Batches are formed in length order
-/// (padding is masked out exactly, so this only saves work); results return to dataset order.
+/// Encodes every caption and every unique image of a split (with progress bars).
 pub fn embed_split<B: Backend>(
     model: &BiEncoder<B>,
     txt_db: &TxtDb,
@@ -58,60 +56,51 @@ pub fn embed_split<B: Backend>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<SplitEmbeddings, EvalError> {
-    let batch_size = batch_size.max(1);
     let ds = ItmEvalDataset::new(txt_db, img_db)?;
-    let items = ds.items();
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(items[i].input_ids.len()));
+    Ok(SplitEmbeddings::encode(
+        model,
+        &ds,
+        img_db,
+        batch_size,
+        true,
+        device,
+    )?)
+}
 
-    let mut dim = 0;
-    let mut txt: Vec<Vec<f32>> = vec![Vec::new(); items.len()];
-    let pb = bar(items.len(), "captions");
-    for chunk in order.chunks(batch_size) {
-        let ids: Vec<&[u32]> = chunk
-            .iter()
-            .map(|&i| items[i].input_ids.as_slice())
-            .collect();
-        let v = encode_texts(model, &collate_texts(&ids), device);
-        dim = v.len() / chunk.len();
-        for (row, &i) in v.chunks(dim).zip(chunk) {
-            txt[i] = row.to_vec();
-        }
-        pb.inc(chunk.len() as u64);
+impl SplitEmbeddings {
+    /// Vectors of every caption and unique image of `ds` (whose images are in `img_db`);
+    /// batches are formed by size ([`crate::encode`]), rows return to dataset order.
+    pub fn encode<B: Backend>(
+        model: &BiEncoder<B>,
+        ds: &ItmEvalDataset,
+        img_db: &ImgDb,
+        batch_size: usize,
+        progress: bool,
+        device: &B::Device,
+    ) -> Result<Self, DataError> {
+        let show = |what| match progress {
+            true => Progress::Bar(what),
+            false => Progress::Hidden,
+        };
+        let items = ds.items();
+        let texts: Vec<&[u32]> = items.iter().map(|it| it.input_ids.as_slice()).collect();
+        let (txt, dim) =
+            encode_texts_by_length(model, &texts, batch_size, show("captions"), device);
+        let images = ds.unique_images();
+        let (img, _) =
+            encode_images_by_size(model, img_db, images, batch_size, show("images"), device)?;
+        Ok(SplitEmbeddings {
+            txt_ids: items.iter().map(|it| it.txt_id.clone()).collect(),
+            img_ids: images.to_vec(),
+            txt,
+            img,
+            dim,
+            txt2img: items
+                .iter()
+                .map(|it| (it.txt_id.clone(), it.img_fname.clone()))
+                .collect(),
+        })
     }
-    pb.finish_and_clear();
-
-    let images = ds.unique_images();
-    let mut by_size: Vec<usize> = (0..images.len()).collect();
-    let nbb: Vec<usize> = images
-        .iter()
-        .map(|n| img_db.num_bb(n))
-        .collect::<Result<_, _>>()?;
-    by_size.sort_by_key(|&i| std::cmp::Reverse(nbb[i]));
-    let mut img: Vec<Vec<f32>> = vec![Vec::new(); images.len()];
-    let pb = bar(images.len(), "images");
-    for chunk in by_size.chunks(batch_size) {
-        let names: Vec<&str> = chunk.iter().map(|&i| images[i].as_str()).collect();
-        let v = encode_images(model, &image_batch(img_db, &names)?, device);
-        let d = v.len() / chunk.len();
-        for (row, &i) in v.chunks(d).zip(chunk) {
-            img[i] = row.to_vec();
-        }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
-
-    Ok(SplitEmbeddings {
-        txt_ids: items.iter().map(|it| it.txt_id.clone()).collect(),
-        img_ids: images.to_vec(),
-        txt: txt.concat(),
-        img: img.concat(),
-        dim,
-        txt2img: items
-            .iter()
-            .map(|it| (it.txt_id.clone(), it.img_fname.clone()))
-            .collect(),
-    })
 }
 
 /// Exact search both ways and recall; also returns every query's top 10.

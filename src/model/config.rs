@@ -8,10 +8,7 @@ use std::path::Path;
 
 /// `[CLS]` id used by the image tower's one-token text part (hard-coded in the reference collate).
 pub const IMAGE_CLS_TOKEN_ID: i64 = 101;
-/// Region feature size (BUTD ResNet-101 pool5; `dvl.const.IMG_DIM`, not configurable upstream).
-pub const IMG_FEAT_DIM: usize = 2048;
-/// Box feature size: `[x1, y1, x2, y2, w, h, w*h]`.
-pub const IMG_POS_DIM: usize = 7;
+pub use crate::regions::{IMG_FEAT_DIM, IMG_POS_DIM};
 /// LayerNorm epsilon used everywhere (the reference hard-codes it, whatever the JSON says).
 pub const LAYER_NORM_EPS: f64 = 1e-12;
 

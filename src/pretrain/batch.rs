@@ -9,7 +9,8 @@ use crate::model::{
     BiEncoderConfig, IMG_FEAT_DIM, IMG_POS_DIM, PretrainInput, PretrainTask, REGION_CLASSES,
     RegionBatch,
 };
-use crate::tensor_io::{HostTensor, TensorFile, TensorIoError};
+use crate::batch::{BatchError, check_shape};
+use crate::tensor_io::{HostTensor, TensorFile};
 
 /// One task's batch; `S` = predictions (masked tokens or regions).
 #[derive(Debug, Clone)]
@@ -38,44 +39,6 @@ pub struct PretrainHostBatch {
     pub label_targets: Option<HostTensor<f32>>,
 }
 
-/// A batch that does not fit the task or the model.
-#[derive(Debug, thiserror::Error)]
-pub enum PretrainBatchError {
-    #[error(transparent)]
-    Io(#[from] TensorIoError),
-    #[error("{name} has shape {found:?}, expected {expected}")]
-    Shape {
-        name: &'static str,
-        found: Vec<usize>,
-        expected: String,
-    },
-    #[error("{name} holds {value}, outside [0, {limit})")]
-    Range {
-        name: &'static str,
-        value: i64,
-        limit: usize,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-fn shape_check(
-    name: &'static str,
-    found: &[usize],
-    ok: bool,
-    expected: impl FnOnce() -> String,
-) -> Result<(), PretrainBatchError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(PretrainBatchError::Shape {
-            name,
-            found: found.to_vec(),
-            expected: expected(),
-        })
-    }
-}
-
 /// Flat positions of the non-zero / non-`skip` entries of a row-major tensor.
 fn positions(values: &[i64], selected: impl Fn(i64) -> bool) -> Vec<i64> {
     values
@@ -88,7 +51,7 @@ fn positions(values: &[i64], selected: impl Fn(i64) -> bool) -> Vec<i64> {
 
 impl PretrainHostBatch {
     /// Reads `task`'s batch from a safetensors file in the fixture form.
-    pub fn from_file(file: &TensorFile, task: PretrainTask) -> Result<Self, PretrainBatchError> {
+    pub fn from_file(file: &TensorFile, task: PretrainTask) -> Result<Self, BatchError> {
         let mut batch = Self {
             task,
             input_ids: file.i64("txts.input_ids")?,
@@ -105,7 +68,7 @@ impl PretrainHostBatch {
         match task {
             PretrainTask::Mlm => {
                 let labels = file.i64("txt_labels")?;
-                shape_check(
+                check_shape(
                     "txt_labels",
                     &labels.shape,
                     labels.shape == batch.input_ids.shape,
@@ -117,7 +80,7 @@ impl PretrainHostBatch {
             PretrainTask::Mrfr | PretrainTask::MrcKl | PretrainTask::Mrc => {
                 batch.img_masks = Some(file.i64("imgs.img_masks")?);
                 let tgt = file.i64("img_mask_tgt")?;
-                shape_check(
+                check_shape(
                     "img_mask_tgt",
                     &tgt.shape,
                     tgt.shape == batch.img_attention_mask.shape,
@@ -155,18 +118,18 @@ impl PretrainHostBatch {
     }
 
     /// Checks every shape and index so that nothing out of bounds reaches the model.
-    pub fn validate(&self, cfg: &BiEncoderConfig) -> Result<(), PretrainBatchError> {
+    pub fn validate(&self, cfg: &BiEncoderConfig) -> Result<(), BatchError> {
         let ids = &self.input_ids.shape;
-        shape_check("txts.input_ids", ids, ids.len() == 2 && ids[0] > 0, || {
+        check_shape("txts.input_ids", ids, ids.len() == 2 && ids[0] > 0, || {
             "[batch > 0, len]".into()
         })?;
         let (b, l) = (ids[0], ids[1]);
         let m = &self.attention_mask.shape;
-        shape_check("txts.attention_mask", m, m == &vec![b, l], || {
+        check_shape("txts.attention_mask", m, m == &vec![b, l], || {
             format!("[{b}, {l}]")
         })?;
         if l > cfg.txt.max_position_embeddings {
-            return Err(PretrainBatchError::Range {
+            return Err(BatchError::Range {
                 name: "caption length",
                 value: l as i64,
                 limit: cfg.txt.max_position_embeddings + 1,
@@ -181,14 +144,14 @@ impl PretrainHostBatch {
             .chain(&self.mlm_targets)
             .find(|&&v| v < 0 || v as usize >= vocab)
         {
-            return Err(PretrainBatchError::Range {
+            return Err(BatchError::Range {
                 name: "token id",
                 value: bad,
                 limit: vocab,
             });
         }
         let f = &self.img_feat.shape;
-        shape_check(
+        check_shape(
             "imgs.img_feat",
             f,
             f.len() == 3 && f[0] == b && f[2] == IMG_FEAT_DIM,
@@ -196,18 +159,18 @@ impl PretrainHostBatch {
         )?;
         let n = f[1];
         let p = &self.img_pos_feat.shape;
-        shape_check(
+        check_shape(
             "imgs.img_pos_feat",
             p,
             p == &vec![b, n, IMG_POS_DIM],
             || format!("[{b}, {n}, {IMG_POS_DIM}]"),
         )?;
         let am = &self.img_attention_mask.shape;
-        shape_check("imgs.attention_mask", am, am == &vec![b, n + 1], || {
+        check_shape("imgs.attention_mask", am, am == &vec![b, n + 1], || {
             format!("[{b}, {}]", n + 1)
         })?;
         if let Some(masks) = &self.img_masks {
-            shape_check(
+            check_shape(
                 "imgs.img_masks",
                 &masks.shape,
                 masks.shape == vec![b, n],
@@ -221,7 +184,7 @@ impl PretrainHostBatch {
             _ => b * (n + 1),
         };
         if self.task != PretrainTask::Itm && s == 0 {
-            return Err(PretrainBatchError::Invalid(format!(
+            return Err(BatchError::Invalid(format!(
                 "the {} batch has nothing to predict (no masked {})",
                 self.task,
                 if self.task == PretrainTask::Mlm {
@@ -236,14 +199,14 @@ impl PretrainHostBatch {
             .iter()
             .find(|&&v| v < 0 || v as usize >= limit)
         {
-            return Err(PretrainBatchError::Range {
+            return Err(BatchError::Range {
                 name: "masked position",
                 value: bad,
                 limit,
             });
         }
         let targets = |name: &'static str, t: &Option<HostTensor<f32>>, width: usize| match t {
-            Some(t) => shape_check(name, &t.shape, t.shape == vec![s, width], || {
+            Some(t) => check_shape(name, &t.shape, t.shape == vec![s, width], || {
                 format!("[{s}, {width}] (one row per masked region)")
             }),
             None => Ok(()),

@@ -20,7 +20,7 @@ use super::PretrainError;
 use crate::data::pretrain::PretrainTask;
 use crate::eval::EvalConfig;
 use crate::model::ClsConcat;
-use crate::train::config::{DbPair, ImgDbSelection, InitPaths, resolve_init};
+use crate::train::config::{DbPair, InitPaths, resolve_init};
 use crate::train::{Init, Precision};
 
 /// One `train_datasets` / `val_datasets` entry as written.
@@ -147,7 +147,7 @@ pub struct PretrainSettings {
     pub project_dim: Option<usize>,
     pub train: Vec<TrainDataset>,
     pub val: Vec<ValDataset>,
-    pub img_db: ImgDbSelection,
+    pub img_db: crate::data::ImgDbOptions,
     /// Tokens (text word pieces + regions, padding included) per micro-batch.
     pub train_batch_size: usize,
     pub val_batch_size: usize,
@@ -465,7 +465,7 @@ impl PretrainPlan {
                 project_dim: ev.project_dim,
                 train,
                 val,
-                img_db: ImgDbSelection {
+                img_db: crate::data::ImgDbOptions {
                     conf_th: ev.conf_th,
                     max_bb: ev.max_bb,
                     min_bb: ev.min_bb,

@@ -27,7 +27,7 @@ pub mod schedule;
 pub mod step;
 pub mod synthetic;
 
-pub use batch::{PretrainBatchError, PretrainHostBatch};
+pub use batch::PretrainHostBatch;
 pub use config::{PretrainOverrides, PretrainPlan, PretrainSettings};
 pub use outputs::{NamedOutputs, task_outputs};
 pub use run::{PretrainRunOptions, PretrainSummary, run};
@@ -43,7 +43,7 @@ pub enum PretrainError {
     #[error(transparent)]
     Convert(#[from] crate::conversion::ConvertError),
     #[error(transparent)]
-    Batch(#[from] PretrainBatchError),
+    Batch(#[from] crate::batch::BatchError),
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
     #[error("model: {0}")]

@@ -7,30 +7,10 @@ use burn::prelude::*;
 use crate::encode::{host_floats, host_ints};
 
 use crate::data::RegionFeatures;
-use crate::data::img_db::{IMG_DIM, POS_DIM};
+use crate::data::img_db::{IMG_FEAT_DIM, IMG_POS_DIM};
 use crate::model::{EncoderConfig, ItmInput};
-use crate::tensor_io::{HostTensor, TensorFile, TensorIoError};
-
-/// A batch that cannot be fed to the cross-encoder.
-#[derive(Debug, thiserror::Error)]
-pub enum ItmBatchError {
-    #[error(transparent)]
-    Io(#[from] TensorIoError),
-    #[error("{name} has shape {found:?}, expected {expected}")]
-    Shape {
-        name: &'static str,
-        found: Vec<usize>,
-        expected: String,
-    },
-    #[error("{name} holds {value}, outside [0, {limit})")]
-    Range {
-        name: &'static str,
-        value: i64,
-        limit: usize,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
+use crate::batch::{BatchError, check_shape};
+use crate::tensor_io::{HostTensor, TensorFile};
 
 /// One cross-encoder batch, row-major host arrays under the names of
 /// uniter_itm/batch/*.safetensors.
@@ -53,14 +33,14 @@ impl ItmHostBatch {
     /// sequence is its `tl_i` tokens, then its `nbb_i` regions, then filler that is masked out:
     /// `gather_index[i] = arange(out)` with `[tl_i, tl_i + nbb_i)` replaced by
     /// `max_tl .. max_tl + nbb_i`, `out = max_i(tl_i + nbb_i)`.
-    pub fn collate(pairs: &[(&[u32], &RegionFeatures)]) -> Result<Self, ItmBatchError> {
+    pub fn collate(pairs: &[(&[u32], &RegionFeatures)]) -> Result<Self, BatchError> {
         if pairs.is_empty() {
-            return Err(ItmBatchError::Invalid("empty cross-encoder batch".into()));
+            return Err(BatchError::Invalid("empty cross-encoder batch".into()));
         }
         for (i, (_, img)) in pairs.iter().enumerate() {
-            if img.features.len() != img.num_bb * IMG_DIM || img.boxes.len() != img.num_bb * POS_DIM
+            if img.features.len() != img.num_bb * IMG_FEAT_DIM || img.boxes.len() != img.num_bb * IMG_POS_DIM
             {
-                return Err(ItmBatchError::Invalid(format!(
+                return Err(BatchError::Invalid(format!(
                     "pair {i}: image has num_bb {} but {} feature and {} box values",
                     img.num_bb,
                     img.features.len(),
@@ -77,8 +57,8 @@ impl ItmHostBatch {
             .max()
             .unwrap_or(0);
         let mut input_ids = vec![0i64; b * max_tl];
-        let mut img_feat = vec![0f32; b * max_nbb * IMG_DIM];
-        let mut img_pos_feat = vec![0f32; b * max_nbb * POS_DIM];
+        let mut img_feat = vec![0f32; b * max_nbb * IMG_FEAT_DIM];
+        let mut img_pos_feat = vec![0f32; b * max_nbb * IMG_POS_DIM];
         let mut attn_masks = vec![0i64; b * out];
         let mut gather_index = vec![0i64; b * out];
         for (i, (text, img)) in pairs.iter().enumerate() {
@@ -86,9 +66,9 @@ impl ItmHostBatch {
             for (j, &id) in text.iter().enumerate() {
                 input_ids[i * max_tl + j] = i64::from(id);
             }
-            let f = i * max_nbb * IMG_DIM;
+            let f = i * max_nbb * IMG_FEAT_DIM;
             img_feat[f..f + img.features.len()].copy_from_slice(&img.features);
-            let p = i * max_nbb * POS_DIM;
+            let p = i * max_nbb * IMG_POS_DIM;
             img_pos_feat[p..p + img.boxes.len()].copy_from_slice(&img.boxes);
             let row = i * out;
             attn_masks[row..row + tl + img.num_bb].fill(1);
@@ -106,11 +86,11 @@ impl ItmHostBatch {
                 values: input_ids,
             },
             img_feat: HostTensor {
-                shape: vec![b, max_nbb, IMG_DIM],
+                shape: vec![b, max_nbb, IMG_FEAT_DIM],
                 values: img_feat,
             },
             img_pos_feat: HostTensor {
-                shape: vec![b, max_nbb, POS_DIM],
+                shape: vec![b, max_nbb, IMG_POS_DIM],
                 values: img_pos_feat,
             },
             attn_masks: HostTensor {
@@ -126,7 +106,7 @@ impl ItmHostBatch {
 
     /// Reads a batch in the reference form. `position_ids`, when present, must be
     /// `arange(max_tl)` (the only form UNITER's collates produce).
-    pub fn from_file(file: &TensorFile) -> Result<Self, ItmBatchError> {
+    pub fn from_file(file: &TensorFile) -> Result<Self, BatchError> {
         let batch = Self {
             input_ids: file.i64("input_ids")?,
             img_feat: file.f32("img_feat")?,
@@ -142,7 +122,7 @@ impl ItmHostBatch {
                 || pos.shape[1] != tl
                 || !pos.values.chunks(tl.max(1)).all(is_arange)
             {
-                return Err(ItmBatchError::Invalid(format!(
+                return Err(BatchError::Invalid(format!(
                     "position_ids {:?} must be arange({tl}) per row (the only form UNITER's collates produce)",
                     pos.shape
                 )));
@@ -161,17 +141,9 @@ impl ItmHostBatch {
     }
 
     /// Checks shapes and index ranges so that nothing out of bounds reaches the model.
-    pub fn validate(&self, cfg: &EncoderConfig) -> Result<(), ItmBatchError> {
+    pub fn validate(&self, cfg: &EncoderConfig) -> Result<(), BatchError> {
         let shape = |name, found: &[usize], ok: bool, expected: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ItmBatchError::Shape {
-                    name,
-                    found: found.to_vec(),
-                    expected,
-                })
-            }
+            check_shape(name, found, ok, || expected)
         };
         let ids = &self.input_ids.shape;
         shape(
@@ -182,7 +154,7 @@ impl ItmHostBatch {
         )?;
         let (b, tl) = (ids[0], ids[1]);
         if tl > cfg.max_position_embeddings {
-            return Err(ItmBatchError::Range {
+            return Err(BatchError::Range {
                 name: "text length",
                 value: tl as i64,
                 limit: cfg.max_position_embeddings + 1,
@@ -194,7 +166,7 @@ impl ItmHostBatch {
             .iter()
             .find(|&&v| v < 0 || v as usize >= cfg.vocab_size)
         {
-            return Err(ItmBatchError::Range {
+            return Err(BatchError::Range {
                 name: "input_ids",
                 value: bad,
                 limit: cfg.vocab_size,
@@ -204,16 +176,16 @@ impl ItmHostBatch {
         shape(
             "img_feat",
             f,
-            f.len() == 3 && f[0] == b && f[2] == IMG_DIM,
-            format!("[{b}, max_nbb, {IMG_DIM}]"),
+            f.len() == 3 && f[0] == b && f[2] == IMG_FEAT_DIM,
+            format!("[{b}, max_nbb, {IMG_FEAT_DIM}]"),
         )?;
         let nbb = f[1];
         let p = &self.img_pos_feat.shape;
         shape(
             "img_pos_feat",
             p,
-            p == &vec![b, nbb, POS_DIM],
-            format!("[{b}, {nbb}, {POS_DIM}]"),
+            p == &vec![b, nbb, IMG_POS_DIM],
+            format!("[{b}, {nbb}, {IMG_POS_DIM}]"),
         )?;
         let m = &self.attn_masks.shape;
         shape(
@@ -231,7 +203,7 @@ impl ItmHostBatch {
             .iter()
             .find(|&&v| v < 0 || v as usize >= tl + nbb)
         {
-            return Err(ItmBatchError::Range {
+            return Err(BatchError::Range {
                 name: "gather_index",
                 value: bad,
                 limit: tl + nbb,
@@ -258,8 +230,8 @@ mod tests {
 
     fn regions(n: usize) -> RegionFeatures {
         RegionFeatures {
-            features: vec![0.5; n * IMG_DIM],
-            boxes: vec![0.1; n * POS_DIM],
+            features: vec![0.5; n * IMG_FEAT_DIM],
+            boxes: vec![0.1; n * IMG_POS_DIM],
             num_bb: n,
         }
     }

@@ -17,7 +17,8 @@ mod reranker;
 mod scorer;
 pub mod split;
 
-pub use batch::{ItmBatchError, ItmHostBatch};
+pub use batch::ItmHostBatch;
+pub use crate::batch::BatchError;
 pub use recall::{KEEP, SplitIds, full_ranking_recall, rerank_hits, rerank_recall};
 pub use reranker::UniterReranker;
 pub use scorer::{CrossEncoder, DEFAULT_BATCH};
@@ -34,7 +35,7 @@ pub enum RerankError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error("cross-encoder batch: {0}")]
-    Batch(#[from] ItmBatchError),
+    Batch(#[from] BatchError),
     #[error("{0}")]
     Input(String),
 }

@@ -11,8 +11,8 @@ use super::format::{
     ANN_FILE, AnnInfo, FORMAT, ImageSection, IndexMeta, ModelInfo, TextSection, VERSION,
     VectorDtype, write_index,
 };
-use crate::data::{ImgDb, TxtDb, collate_texts, dataset::image_batch};
-use crate::encode::{encode_images, encode_texts};
+use crate::data::{ImgDb, TxtDb};
+use crate::encode::{Progress, encode_images_by_size, encode_texts_by_length};
 use crate::model::{BiEncoder, BiEncoderConfig};
 use crate::progress::bar;
 
@@ -86,28 +86,8 @@ pub fn build_index<B: Backend>(
     }
 
     let started = Instant::now();
-    let nbb: Vec<usize> = names
-        .iter()
-        .map(|n| img_db.num_bb(n))
-        .collect::<Result<_, _>>()?;
-    let mut order: Vec<usize> = (0..names.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(nbb[i]));
-    let mut dim = 0;
-    let mut images: Vec<f32> = Vec::new();
-    let pb = bar(names.len(), "images");
-    for chunk in order.chunks(batch) {
-        let batch_names: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
-        let v = encode_images(model, &image_batch(img_db, &batch_names)?, device);
-        if dim == 0 {
-            dim = v.len() / chunk.len();
-            images = vec![0f32; names.len() * dim];
-        }
-        for (row, &i) in v.chunks(dim).zip(chunk) {
-            images[i * dim..(i + 1) * dim].copy_from_slice(row);
-        }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
+    let (images, dim) =
+        encode_images_by_size(model, img_db, names, batch, Progress::Bar("images"), device)?;
     report.image_seconds = started.elapsed().as_secs_f64();
     report.images = names.len();
     report.dim = dim;
@@ -134,19 +114,9 @@ pub fn build_index<B: Backend>(
                 }
                 image.push(rec.img_fname);
             }
-            let mut order: Vec<usize> = (0..tokens.len()).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
-            let mut texts = vec![0f32; tokens.len() * dim];
-            let pb = bar(tokens.len(), "captions");
-            for chunk in order.chunks(batch) {
-                let rows: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
-                let v = encode_texts(model, &collate_texts(&rows), device);
-                for (row, &i) in v.chunks(dim).zip(chunk) {
-                    texts[i * dim..(i + 1) * dim].copy_from_slice(row);
-                }
-                pb.inc(chunk.len() as u64);
-            }
-            pb.finish_and_clear();
+            let rows: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
+            let (texts, _) =
+                encode_texts_by_length(model, &rows, batch, Progress::Bar("captions"), device);
             report.text_seconds = started.elapsed().as_secs_f64();
             report.texts = ids.len();
             let known: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
@@ -181,7 +151,7 @@ pub fn build_index<B: Backend>(
         images: ImageSection {
             ids: names.to_vec(),
             img_db: img_db.dir().display().to_string(),
-            selection: Some((*img_db.options()).into()),
+            selection: Some(*img_db.options()),
             captions,
         },
         texts: text_section,

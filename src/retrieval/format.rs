@@ -94,45 +94,12 @@ pub struct ImageSection {
     /// How its boxes were selected; a re-ranker must read the same regions. Absent in indexes
     /// written before it was recorded (the defaults 0.2 / 100 / 10 / 36 apply then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selection: Option<BoxSelection>,
+    pub selection: Option<ImgDbOptions>,
     /// Ground-truth caption ids of each image (parallel to `ids`), when a txt_db was indexed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captions: Option<Vec<Vec<String>>>,
 }
 
-/// An img_db's box selection (`conf_th`, `max_bb`, `min_bb`, `num_bb`, `compressed_db`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct BoxSelection {
-    pub conf_th: f32,
-    pub max_bb: usize,
-    pub min_bb: usize,
-    pub num_bb: usize,
-    pub compressed: bool,
-}
-
-impl From<ImgDbOptions> for BoxSelection {
-    fn from(o: ImgDbOptions) -> Self {
-        Self {
-            conf_th: o.conf_th,
-            max_bb: o.max_bb,
-            min_bb: o.min_bb,
-            num_bb: o.num_bb,
-            compressed: o.compressed,
-        }
-    }
-}
-
-impl From<BoxSelection> for ImgDbOptions {
-    fn from(s: BoxSelection) -> Self {
-        Self {
-            conf_th: s.conf_th,
-            max_bb: s.max_bb,
-            min_bb: s.min_bb,
-            num_bb: s.num_bb,
-            compressed: s.compressed,
-        }
-    }
-}
 
 /// The indexed captions.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub use ann::AnnIndex;
 pub use build::{BuildOptions, BuildReport, build_index, model_info};
 pub use error::{ErrorClass, RetrievalError};
-pub use format::{AnnInfo, BoxSelection, IndexMeta, StoredIndex, VectorDtype};
+pub use format::{AnnInfo, IndexMeta, StoredIndex, VectorDtype};
 pub use pipeline::{
     CandidateMode, Caption, IndexSummary, MAX_K, MAX_QUERY_CHARS, Pipeline, PipelineOptions, Query,
     QueryEncoder, Reranker, ResultHit, SearchResponse, SearchService, StageTimings, check_k,

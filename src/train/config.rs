@@ -253,7 +253,7 @@ pub struct TrainSettings {
     pub train: Vec<DbPair>,
     pub dev: DbPair,
     pub test: Option<DbPair>,
-    pub img_db: ImgDbSelection,
+    pub img_db: ImgDbOptions,
     pub train_batch_size: usize,
     pub valid_batch_size: usize,
     pub gradient_accumulation_steps: usize,
@@ -269,28 +269,6 @@ pub struct TrainSettings {
     pub hard_negatives_sampling: Sampling,
     pub save_all_epochs: bool,
     pub precision: Precision,
-}
-
-/// Box selection of the image dbs (serialisable copy of [`ImgDbOptions`]).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ImgDbSelection {
-    pub conf_th: f32,
-    pub max_bb: usize,
-    pub min_bb: usize,
-    pub num_bb: usize,
-    pub compressed: bool,
-}
-
-impl From<ImgDbSelection> for ImgDbOptions {
-    fn from(s: ImgDbSelection) -> Self {
-        ImgDbOptions {
-            conf_th: s.conf_th,
-            max_bb: s.max_bb,
-            min_bb: s.min_bb,
-            num_bb: s.num_bb,
-            compressed: s.compressed,
-        }
-    }
 }
 
 /// A resolved run: its settings and where it writes.
@@ -583,7 +561,7 @@ impl TrainPlan {
                 ));
             }
         };
-        let img_db = ImgDbSelection {
+        let img_db = ImgDbOptions {
             conf_th: ev.conf_th,
             max_bb: ev.max_bb,
             min_bb: ev.min_bb,

@@ -15,7 +15,7 @@ use burn::prelude::*;
 use super::TrainError;
 use super::config::Sampling;
 use super::data::{HardNegatives, STREAM_NEGATIVES, SplitMix64, TrainSet};
-use super::metric::{encode_images_by_size, encode_texts_by_length};
+use crate::encode::{Progress, encode_images_by_size, encode_texts_by_length};
 use crate::model::BiEncoder;
 use crate::search::FlatIndex;
 
@@ -124,8 +124,16 @@ pub fn mine<B: Backend>(
             .clone()
             .map(|i| items[i].input_ids.as_slice())
             .collect();
-        let (txt_vecs, dim) = encode_texts_by_length(model, &texts, batch_size, device);
-        let img_vecs = encode_images_by_size(model, set.img_db(db), &images, batch_size, device)?;
+        let (txt_vecs, dim) =
+            encode_texts_by_length(model, &texts, batch_size, Progress::Hidden, device);
+        let (img_vecs, _) = encode_images_by_size(
+            model,
+            set.img_db(db),
+            &images,
+            batch_size,
+            Progress::Hidden,
+            device,
+        )?;
         let img_pos: HashMap<&str, usize> = images
             .iter()
             .enumerate()

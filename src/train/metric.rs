@@ -19,8 +19,7 @@ use burn::train::metric::{
 use burn::train::{InferenceStep, ItemLazy};
 
 use super::data::{ErrorSlot, set_error};
-use crate::data::{DataError, ImgDb, ItmEvalDataset, TxtDb, collate_texts, dataset::image_batch};
-use crate::encode::{encode_images, encode_texts};
+use crate::data::{DataError, ImgDb, ItmEvalDataset, TxtDb};
 use crate::eval::{SplitEmbeddings, SplitRecall, evaluate};
 use crate::model::BiEncoder;
 
@@ -77,22 +76,14 @@ impl EvalSplit {
         model: &BiEncoder<B>,
         device: &B::Device,
     ) -> Result<SplitEmbeddings, DataError> {
-        let items = self.dataset.items();
-        let texts: Vec<&[u32]> = items.iter().map(|it| it.input_ids.as_slice()).collect();
-        let (txt, dim) = encode_texts_by_length(model, &texts, self.batch_size, device);
-        let images = self.dataset.unique_images();
-        let img = encode_images_by_size(model, &self.img_db, images, self.batch_size, device)?;
-        Ok(SplitEmbeddings {
-            txt_ids: items.iter().map(|it| it.txt_id.clone()).collect(),
-            img_ids: images.to_vec(),
-            txt,
-            img,
-            dim,
-            txt2img: items
-                .iter()
-                .map(|it| (it.txt_id.clone(), it.img_fname.clone()))
-                .collect(),
-        })
+        SplitEmbeddings::encode(
+            model,
+            &self.dataset,
+            &self.img_db,
+            self.batch_size,
+            false,
+            device,
+        )
     }
 
     /// Recall of `model` on this split.
@@ -104,54 +95,6 @@ impl EvalSplit {
         let emb = self.embed(model, device)?;
         Ok(evaluate::<B>(&emb, device).0)
     }
-}
-
-/// Caption vectors `[n, dim]` (row-major, input order) encoded in batches of similar length.
-pub fn encode_texts_by_length<B: Backend>(
-    model: &BiEncoder<B>,
-    texts: &[&[u32]],
-    batch_size: usize,
-    device: &B::Device,
-) -> (Vec<f32>, usize) {
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
-    let mut rows: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-    let mut dim = 0;
-    for chunk in order.chunks(batch_size.max(1)) {
-        let ids: Vec<&[u32]> = chunk.iter().map(|&i| texts[i]).collect();
-        let v = encode_texts(model, &collate_texts(&ids), device);
-        dim = v.len() / chunk.len();
-        for (row, &i) in v.chunks(dim.max(1)).zip(chunk) {
-            rows[i] = row.to_vec();
-        }
-    }
-    (rows.concat(), dim)
-}
-
-/// Image vectors `[n, dim]` (row-major, input order) encoded in batches of similar box counts.
-pub fn encode_images_by_size<B: Backend>(
-    model: &BiEncoder<B>,
-    img_db: &ImgDb,
-    names: &[String],
-    batch_size: usize,
-    device: &B::Device,
-) -> Result<Vec<f32>, DataError> {
-    let nbb: Vec<usize> = names
-        .iter()
-        .map(|n| img_db.num_bb(n))
-        .collect::<Result<_, _>>()?;
-    let mut order: Vec<usize> = (0..names.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(nbb[i]));
-    let mut rows: Vec<Vec<f32>> = vec![Vec::new(); names.len()];
-    for chunk in order.chunks(batch_size.max(1)) {
-        let batch: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
-        let v = encode_images(model, &image_batch(img_db, &batch)?, device);
-        let d = v.len() / chunk.len();
-        for (row, &i) in v.chunks(d.max(1)).zip(chunk) {
-            rows[i] = row.to_vec();
-        }
-    }
-    Ok(rows.concat())
 }
 
 /// The validation item: the whole dev split.

@@ -19,7 +19,7 @@ use super::synthetic::{
     Caption, gaussian, image_dump, image_name, random_box, soft_labels, write_fine_tune_config,
     write_image_db, write_txt_db,
 };
-use crate::data::{DataError, IMG_DIM, Tokenizer};
+use crate::data::{DataError, IMG_FEAT_DIM, Tokenizer};
 
 pub const SUBJECTS: [&str; 5] = ["dog", "cat", "man", "woman", "child"];
 pub const COLORS: [&str; 2] = ["red", "blue"];
@@ -130,14 +130,14 @@ pub fn write_scenes(
         .collect();
     let signatures: Vec<Vec<f32>> = concepts
         .iter()
-        .map(|_| (0..IMG_DIM).map(|_| gaussian(&mut rng)).collect())
+        .map(|_| (0..IMG_FEAT_DIM).map(|_| gaussian(&mut rng)).collect())
         .collect();
     let signature = |word: &str| &signatures[concepts.iter().position(|c| *c == word).unwrap()];
 
     let mut records = Vec::with_capacity(scenes.len());
     for (i, scene) in scenes.iter().enumerate() {
         let n = 3 * spec.regions_per_concept;
-        let (mut features, mut boxes) = (Vec::with_capacity(n * IMG_DIM), Vec::new());
+        let (mut features, mut boxes) = (Vec::with_capacity(n * IMG_FEAT_DIM), Vec::new());
         for concept in [scene.subject, scene.color, scene.place] {
             for _ in 0..spec.regions_per_concept {
                 let sig = signature(concept);

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::data::{HostTrainBatch, SplitMix64};
 use crate::data::writer::{ImgDbEncoding, encode_txt_record, write_img_db, write_lmdb};
 use crate::data::{
-    DataError, FloatDtype, IMG_DIM, ImgDump, NdArray, POS_DIM, RegionFeatures, TxtRecord,
+    DataError, FloatDtype, IMG_FEAT_DIM, ImgDump, NdArray, IMG_POS_DIM, RegionFeatures, TxtRecord,
     collate_images, collate_texts,
 };
 
@@ -79,8 +79,8 @@ pub(crate) fn image_name(i: usize) -> String {
 fn write_images(dir: &Path, spec: &SyntheticSpec, rng: &mut SplitMix64) -> Result<(), DataError> {
     let mut records = Vec::with_capacity(spec.images);
     for i in 0..spec.images {
-        let signature: Vec<f32> = (0..IMG_DIM).map(|_| gaussian(rng)).collect();
-        let mut features = Vec::with_capacity(spec.boxes * IMG_DIM);
+        let signature: Vec<f32> = (0..IMG_FEAT_DIM).map(|_| gaussian(rng)).collect();
+        let mut features = Vec::with_capacity(spec.boxes * IMG_FEAT_DIM);
         let mut boxes = Vec::with_capacity(spec.boxes * 6);
         for _ in 0..spec.boxes {
             features.extend(signature.iter().map(|s| s + spec.noise * gaussian(rng)));
@@ -120,7 +120,7 @@ pub(crate) fn write_image_db(dir: &Path, records: &[(String, ImgDump)]) -> Resul
 }
 
 /// One image's region fields as the synthetic dbs store them (f16, `conf` 0.9): `features`
-/// `[boxes, IMG_DIM]`, `norm_bb` `[boxes, 6]`, `soft_labels` `[boxes, CLASSES]`.
+/// `[boxes, IMG_FEAT_DIM]`, `norm_bb` `[boxes, 6]`, `soft_labels` `[boxes, CLASSES]`.
 pub(crate) fn image_dump(features: Vec<f32>, boxes: Vec<f32>, soft_labels: Vec<f32>) -> ImgDump {
     let n = boxes.len() / 6;
     let arr = |shape: Vec<usize>, data: Vec<f32>| NdArray {
@@ -131,7 +131,7 @@ pub(crate) fn image_dump(features: Vec<f32>, boxes: Vec<f32>, soft_labels: Vec<f
     ImgDump {
         fields: vec![
             ("norm_bb".into(), arr(vec![n, 6], boxes)),
-            ("features".into(), arr(vec![n, IMG_DIM], features)),
+            ("features".into(), arr(vec![n, IMG_FEAT_DIM], features)),
             ("conf".into(), arr(vec![n], vec![0.9; n])),
             ("soft_labels".into(), arr(vec![n, CLASSES], soft_labels)),
         ],
@@ -356,8 +356,8 @@ pub fn random_pairs(
         .collect();
     let regions: Vec<RegionFeatures> = (0..pairs)
         .map(|_| RegionFeatures {
-            features: (0..boxes * IMG_DIM).map(|_| uniform(&mut rng)).collect(),
-            boxes: (0..boxes * POS_DIM).map(|_| uniform(&mut rng)).collect(),
+            features: (0..boxes * IMG_FEAT_DIM).map(|_| uniform(&mut rng)).collect(),
+            boxes: (0..boxes * IMG_POS_DIM).map(|_| uniform(&mut rng)).collect(),
             num_bb: boxes,
         })
         .collect();

@@ -35,7 +35,7 @@ pub fn train_step_setup(
 ) {
     use burn::tensor::{Int, Tensor, TensorData};
     use lightningdot::conversion::{Checkpoint, LoadOptions, load_biencoder};
-    use lightningdot::inference::{HostBatch, region_batch};
+    use lightningdot::forward::{HostBatch, region_batch};
 
     let source = tiny_source("checkpoints/biencoder.best.pt");
     let ckpt = Checkpoint::open(&source.checkpoint).unwrap();

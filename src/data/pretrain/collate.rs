@@ -10,7 +10,7 @@ use super::masking::IGNORE_LABEL;
 use super::task::PretrainTask;
 use crate::data::DataError;
 use crate::data::collate::{ImageBatch, TextBatch, collate_images, collate_texts};
-use crate::data::img_db::IMG_DIM;
+use crate::data::img_db::IMG_FEAT_DIM;
 
 /// The image tower's single text token, hard-coded as 101 in every pre-training dataset
 /// (not read from meta.json).
@@ -231,8 +231,8 @@ fn add_mrm(batch: &mut PretrainBatch, items: &[PretrainItem]) -> Result<(), Data
             .enumerate()
             .filter(|(_, m)| **m)
         {
-            let row = (b * n + j) * IMG_DIM;
-            let feat = &mut batch.imgs.img_feat[row..row + IMG_DIM];
+            let row = (b * n + j) * IMG_FEAT_DIM;
+            let feat = &mut batch.imgs.img_feat[row..row + IMG_FEAT_DIM];
             if task == PretrainTask::Mrfr {
                 feat_targets.extend_from_slice(feat);
             }

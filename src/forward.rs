@@ -1,5 +1,6 @@
-//! Running both towers on a batch in the reference collate form (fixtures/batch/inputs.safetensors)
-//! and naming every stage as fixtures/expected/main.safetensors does.
+//! The parity forward pass (`lightningdot forward`, parity tests): both towers on a batch in the
+//! reference collate form (fixtures/batch/inputs.safetensors), every stage named as
+//! fixtures/expected/main.safetensors names it.
 
 use burn::prelude::*;
 
@@ -8,7 +9,8 @@ use crate::encode::{host_floats, host_ints};
 use crate::model::{
     BiEncoder, BiEncoderConfig, IMG_FEAT_DIM, IMG_POS_DIM, NamedTensor, RegionBatch, dot_scores,
 };
-use crate::tensor_io::{HostTensor, TensorFile, TensorIoError};
+use crate::batch::{BatchError, check_shape};
+use crate::tensor_io::{HostTensor, TensorFile};
 
 /// A bi-encoder batch on the host, validated against a model config.
 #[derive(Debug, Clone)]
@@ -23,25 +25,6 @@ pub struct HostBatch {
     pub img_pos_feat: HostTensor<f32>,
     /// `img.attention_mask` `[B, 1 + N]`.
     pub img_attention_mask: HostTensor<i64>,
-}
-
-/// A batch that does not fit the model.
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error(transparent)]
-    Io(#[from] TensorIoError),
-    #[error("{name} has shape {found:?}, expected {expected}")]
-    Shape {
-        name: &'static str,
-        found: Vec<usize>,
-        expected: String,
-    },
-    #[error("{name} holds {value}, outside [0, {limit})")]
-    Range {
-        name: &'static str,
-        value: i64,
-        limit: usize,
-    },
 }
 
 impl HostBatch {
@@ -59,15 +42,7 @@ impl HostBatch {
     /// Checks shapes and id ranges so that nothing out of bounds reaches the model.
     pub fn validate(&self, cfg: &BiEncoderConfig) -> Result<(), BatchError> {
         let shape = |name, found: &[usize], ok: bool, expected: String| {
-            if ok {
-                Ok(())
-            } else {
-                Err(BatchError::Shape {
-                    name,
-                    found: found.to_vec(),
-                    expected,
-                })
-            }
+            check_shape(name, found, ok, || expected)
         };
         let ids = &self.txt_input_ids.shape;
         shape("txt.input_ids", ids, ids.len() == 2, "[batch, seq]".into())?;
