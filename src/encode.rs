@@ -170,8 +170,14 @@ pub fn encode_images_by_size<B: Backend>(
         .iter()
         .map(|n| img_db.num_bb(n))
         .collect::<Result<_, _>>()?;
-    encode_by_size(names.len(), |i| nbb[i], batch_size, progress, |chunk| {
-        let batch: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
-        Ok(encode_images(model, &image_batch(img_db, &batch)?, device))
-    })
+    encode_by_size(
+        names.len(),
+        |i| nbb[i],
+        batch_size,
+        progress,
+        |chunk| {
+            let batch: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
+            Ok(encode_images(model, &image_batch(img_db, &batch)?, device))
+        },
+    )
 }

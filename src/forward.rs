@@ -6,10 +6,10 @@ use burn::prelude::*;
 
 use crate::encode::{host_floats, host_ints};
 
+use crate::batch::{BatchError, check_shape};
 use crate::model::{
     BiEncoder, BiEncoderConfig, IMG_FEAT_DIM, IMG_POS_DIM, NamedTensor, RegionBatch, dot_scores,
 };
-use crate::batch::{BatchError, check_shape};
 use crate::tensor_io::{HostTensor, TensorFile};
 
 /// A bi-encoder batch on the host, validated against a model config.

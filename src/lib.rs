@@ -17,19 +17,20 @@
 //! [`data`] (UNITER LMDB data, knows nothing of the model); [`tensor_io`] (safetensors batches);
 //! [`device`] (backend selection); [`retrieval`] (index, search, query pipeline) ← [`serve`] (HTTP).
 
+pub mod batch;
 #[path = "../model_conversion/mod.rs"]
 pub mod conversion;
-pub mod batch;
 pub mod data;
 pub mod device;
 pub mod encode;
 pub mod eval;
-pub mod fsio;
+pub mod evaluation;
 pub mod forward;
+pub mod fsio;
 pub mod model;
 pub mod pretrain;
-pub mod regions;
 pub mod progress;
+pub mod regions;
 pub mod rerank;
 pub mod retrieval;
 pub mod rng;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use lightningdot::data::writer::{ImgDbEncoding, write_img_db};
-use lightningdot::data::{IMG_FEAT_DIM, ImgDb, ImgDbOptions, ImgDump, IMG_POS_DIM};
+use lightningdot::data::{IMG_FEAT_DIM, IMG_POS_DIM, ImgDb, ImgDbOptions, ImgDump};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")

@@ -46,7 +46,7 @@ use super::parity;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// f32, or bf16 (bf16 weights and activations; f32 master weights, moments and losses).
-    #[arg(long, default_value = "f32", value_parser = super::train::parse_precision)]
+    #[arg(long, default_value = "f32", value_parser = super::run_args::parse_precision)]
     pub precision: Precision,
     /// Small batches and few iterations (the CPU CI run): the table names every size used.
     #[arg(long)]

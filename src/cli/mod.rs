@@ -14,6 +14,7 @@ mod parity;
 mod prepare;
 mod pretrain;
 mod rerank;
+mod run_args;
 mod search;
 mod serve;
 mod train;

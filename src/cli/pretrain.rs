@@ -3,7 +3,6 @@
 //! resumes after the last checkpoint.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
@@ -13,9 +12,6 @@ use lightningdot::model::ClsConcat;
 use lightningdot::pretrain::{
     PretrainError, PretrainOverrides, PretrainPlan, PretrainRunOptions, PretrainSummary,
 };
-use lightningdot::train::{Dashboard, Precision};
-
-use super::train::{parse_dashboard, parse_precision};
 
 /// `--cls-concat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,35 +60,10 @@ pub struct PretrainArgs {
     /// Seed of the task mixture, batching, masking and dropout (config: seed).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Start from this bi-encoder or pre-training checkpoint (LightningDot.pt to continue
-    /// pre-training; .pt or directory) instead of the config's towers.
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// UNITER checkpoint for the image tower (config: img_checkpoint).
-    #[arg(long)]
-    pub img_checkpoint: Option<PathBuf>,
-    /// BERT state_dict for the text tower (config: txt_checkpoint; default: pytorch_model.bin
-    /// in the txt_model_config directory).
-    #[arg(long)]
-    pub txt_checkpoint: Option<PathBuf>,
-    /// Image tower config, replacing the config's img_model_config.
-    #[arg(long)]
-    pub img_config: Option<String>,
-    /// Text tower config, replacing the config's txt_model_config.
-    #[arg(long)]
-    pub txt_config: Option<String>,
-    /// Base directory for the config's relative paths (default: the config file's directory).
-    #[arg(long)]
-    pub data_root: Option<PathBuf>,
-    /// f32, or bf16 (bf16 weights and activations, f32 master weights in the optimizer).
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
-    pub precision: Precision,
-    /// auto (burn-train's terminal dashboard when stdout is a terminal), tui or plain.
-    #[arg(long, default_value = "auto", value_parser = parse_dashboard)]
-    pub dashboard: Dashboard,
-    /// Seconds between plain progress lines.
-    #[arg(long, default_value_t = 10.0)]
-    pub progress_interval: f64,
+    #[command(flatten)]
+    pub init: super::run_args::InitArgs,
+    #[command(flatten)]
+    pub run: super::run_args::RunArgs,
     /// Stop after committing this many checkpoints in this process (rerun to continue).
     #[arg(long)]
     pub stop_after: Option<usize>,
@@ -112,9 +83,7 @@ impl TrainTask for Task<'_> {
 }
 
 pub fn run(a: PretrainArgs, device: DeviceSpec) -> Result<()> {
-    if !(a.progress_interval.is_finite() && a.progress_interval >= 0.0) {
-        anyhow::bail!("--progress-interval must be a non-negative number of seconds");
-    }
+    let progress_interval = a.run.progress_interval()?;
     let overrides = PretrainOverrides {
         output_dir: a.output_dir.clone(),
         cls_concat: a.cls_concat.map(|c| match c {
@@ -130,18 +99,18 @@ pub fn run(a: PretrainArgs, device: DeviceSpec) -> Result<()> {
         learning_rate: a.learning_rate,
         warmup_steps: a.warmup_steps,
         seed: a.seed,
-        checkpoint: a.checkpoint.clone(),
-        img_checkpoint: a.img_checkpoint.clone(),
-        txt_checkpoint: a.txt_checkpoint.clone(),
-        img_config: a.img_config.clone(),
-        txt_config: a.txt_config.clone(),
-        precision: a.precision,
-        data_root: a.data_root.clone(),
+        checkpoint: a.init.checkpoint.clone(),
+        img_checkpoint: a.init.img_checkpoint.clone(),
+        txt_checkpoint: a.init.txt_checkpoint.clone(),
+        img_config: a.init.img_config.clone(),
+        txt_config: a.init.txt_config.clone(),
+        precision: a.run.precision,
+        data_root: a.run.data_root.clone(),
     };
     let plan = PretrainPlan::resolve(&a.config, &overrides)?;
     let opts = PretrainRunOptions {
-        dashboard: a.dashboard,
-        progress_interval: Duration::from_secs_f64(a.progress_interval),
+        dashboard: a.run.dashboard,
+        progress_interval,
         stop_after_periods: a.stop_after,
     };
     let summary = run_train_on(device, Task { plan: &plan, opts })??;

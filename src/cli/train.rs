@@ -2,7 +2,6 @@
 //! (`bash/train_flickr.sh`), with burn-train's dashboard; rerunning the same command resumes.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
@@ -10,7 +9,7 @@ use clap::Args;
 use lightningdot::device::{DeviceSpec, TrainTask, run_train_on};
 use lightningdot::eval::format_table;
 use lightningdot::train::{
-    Dashboard, Precision, RunOptions, Sampling, TrainError, TrainOverrides, TrainPlan, TrainSummary,
+    RunOptions, Sampling, TrainError, TrainOverrides, TrainPlan, TrainSummary,
 };
 
 #[derive(Args, Debug)]
@@ -52,34 +51,10 @@ pub struct TrainArgs {
     /// Batch size of dev/test encoding (config: valid_batch_size, else val_batch_size, else 80).
     #[arg(long)]
     pub valid_batch_size: Option<usize>,
-    /// Initial bi-encoder, replacing the config's biencoder_checkpoint: LightningDot.pt, a
-    /// fine-tuned .pt or a model directory.
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// UNITER checkpoint for the image tower (config: img_checkpoint; used without a bi-encoder).
-    #[arg(long)]
-    pub img_checkpoint: Option<PathBuf>,
-    /// BERT state_dict for the text tower (default: pytorch_model.bin in the txt_model_config directory).
-    #[arg(long)]
-    pub txt_checkpoint: Option<PathBuf>,
-    /// Image tower config, replacing the config's img_model_config.
-    #[arg(long)]
-    pub img_config: Option<String>,
-    /// Text tower config, replacing the config's txt_model_config.
-    #[arg(long)]
-    pub txt_config: Option<String>,
-    /// Base directory for the config's relative paths (default: the config file's directory).
-    #[arg(long)]
-    pub data_root: Option<PathBuf>,
-    /// f32, or bf16 (bf16 weights and activations, f32 master weights in the optimizer).
-    #[arg(long, default_value = "f32", value_parser = parse_precision)]
-    pub precision: Precision,
-    /// auto (burn-train's terminal dashboard when stdout is a terminal), tui or plain.
-    #[arg(long, default_value = "auto", value_parser = parse_dashboard)]
-    pub dashboard: Dashboard,
-    /// Seconds between plain progress lines.
-    #[arg(long, default_value_t = 10.0)]
-    pub progress_interval: f64,
+    #[command(flatten)]
+    pub init: super::run_args::InitArgs,
+    #[command(flatten)]
+    pub run: super::run_args::RunArgs,
     /// Stop after committing this epoch (rerun to continue).
     #[arg(long)]
     pub stop_after_epoch: Option<usize>,
@@ -90,21 +65,6 @@ pub struct TrainArgs {
 
 fn parse_sampling(s: &str) -> Result<String, String> {
     s.parse::<Sampling>().map(|_| s.to_string())
-}
-
-pub(crate) fn parse_precision(s: &str) -> Result<Precision, String> {
-    s.parse()
-}
-
-pub(crate) fn parse_dashboard(s: &str) -> Result<Dashboard, String> {
-    match s {
-        "auto" => Ok(Dashboard::Auto),
-        "tui" => Ok(Dashboard::Tui),
-        "plain" => Ok(Dashboard::Plain),
-        other => Err(format!(
-            "unknown dashboard {other:?}: expected auto, tui or plain"
-        )),
-    }
 }
 
 struct Task<'a> {
@@ -121,9 +81,7 @@ impl TrainTask for Task<'_> {
 }
 
 pub fn run(a: TrainArgs, device: DeviceSpec) -> Result<()> {
-    if !(a.progress_interval.is_finite() && a.progress_interval >= 0.0) {
-        anyhow::bail!("--progress-interval must be a non-negative number of seconds");
-    }
+    let progress_interval = a.run.progress_interval()?;
     let overrides = TrainOverrides {
         output_dir: a.output_dir.clone(),
         learning_rate: a.learning_rate,
@@ -136,18 +94,18 @@ pub fn run(a: TrainArgs, device: DeviceSpec) -> Result<()> {
         num_hard_negatives: a.num_hard_negatives,
         hard_negatives_sampling: a.hard_negatives_sampling.clone(),
         valid_batch_size: a.valid_batch_size,
-        checkpoint: a.checkpoint.clone(),
-        img_checkpoint: a.img_checkpoint.clone(),
-        txt_checkpoint: a.txt_checkpoint.clone(),
-        img_config: a.img_config.clone(),
-        txt_config: a.txt_config.clone(),
-        precision: a.precision,
-        data_root: a.data_root.clone(),
+        checkpoint: a.init.checkpoint.clone(),
+        img_checkpoint: a.init.img_checkpoint.clone(),
+        txt_checkpoint: a.init.txt_checkpoint.clone(),
+        img_config: a.init.img_config.clone(),
+        txt_config: a.init.txt_config.clone(),
+        precision: a.run.precision,
+        data_root: a.run.data_root.clone(),
     };
     let plan = TrainPlan::resolve(&a.config, &overrides)?;
     let opts = RunOptions {
-        dashboard: a.dashboard,
-        progress_interval: Duration::from_secs_f64(a.progress_interval),
+        dashboard: a.run.dashboard,
+        progress_interval,
         stop_after_epoch: a.stop_after_epoch,
         test: !a.no_test,
     };

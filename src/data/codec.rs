@@ -15,7 +15,41 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rmpv::ValueRef;
 
-use super::img_db::{FloatDtype, NdArray};
+/// Element type an array was stored with (values are always handed out as f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloatDtype {
+    F16,
+    F32,
+    F64,
+}
+
+impl FloatDtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F16 => 2,
+            Self::F32 => 4,
+            Self::F64 => 8,
+        }
+    }
+
+    /// Little-endian numpy dtype string (`'<f2'`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F16 => "<f2",
+            Self::F32 => "<f4",
+            Self::F64 => "<f8",
+        }
+    }
+}
+
+/// A decoded array: C-order values widened to f32, with the shape and dtype it was stored with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NdArray {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub dtype: FloatDtype,
+}
 
 /// One undecoded array: numpy dtype, shape and C-order element bytes.
 pub(crate) struct RawArray<'a> {

@@ -62,7 +62,9 @@ pub fn collate_texts<T: AsRef<[u32]>>(texts: &[T]) -> TextBatch {
 /// vectors do not match its `num_bb`.
 pub fn collate_images(images: &[&RegionFeatures]) -> Result<ImageBatch, DataError> {
     for (i, img) in images.iter().enumerate() {
-        if img.features.len() != img.num_bb * IMG_FEAT_DIM || img.boxes.len() != img.num_bb * IMG_POS_DIM {
+        if img.features.len() != img.num_bb * IMG_FEAT_DIM
+            || img.boxes.len() != img.num_bb * IMG_POS_DIM
+        {
             return Err(DataError::Batch(format!(
                 "image {i} has num_bb {} but {} feature and {} position values \
                  (expected {} and {})",

@@ -28,6 +28,7 @@ use super::codec::{self, RawArray};
 use super::json::read_json;
 use super::lmdb::{self, LmdbReader};
 
+pub use super::codec::{FloatDtype, NdArray};
 pub use crate::regions::{IMG_FEAT_DIM, IMG_POS_DIM};
 /// Stored `norm_bb` width.
 const BB_DIM: usize = 6;
@@ -109,42 +110,6 @@ impl Default for ImgDbOptions {
             compressed: false,
         }
     }
-}
-
-/// Element type an array was stored with (values are always handed out as f32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FloatDtype {
-    F16,
-    F32,
-    F64,
-}
-
-impl FloatDtype {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Self::F16 => 2,
-            Self::F32 => 4,
-            Self::F64 => 8,
-        }
-    }
-
-    /// Little-endian numpy dtype string (`'<f2'`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F16 => "<f2",
-            Self::F32 => "<f4",
-            Self::F64 => "<f8",
-        }
-    }
-}
-
-/// A decoded array: C-order values widened to f32, with the shape and dtype it was stored with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NdArray {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-    pub dtype: FloatDtype,
 }
 
 /// Every array of one image record, unsliced, in stored order (`get_dump` of the reference minus

@@ -32,7 +32,7 @@ pub use collate::{ImageBatch, TextBatch, collate_images, collate_texts};
 pub use dataset::{EvalItem, ItmEvalDataset};
 pub use error::DataError;
 pub use img_db::{
-    FloatDtype, IMG_FEAT_DIM, ImgDb, ImgDbOptions, ImgDump, NdArray, IMG_POS_DIM, RegionFeatures,
+    FloatDtype, IMG_FEAT_DIM, IMG_POS_DIM, ImgDb, ImgDbOptions, ImgDump, NdArray, RegionFeatures,
 };
 pub use tokenizer::Tokenizer;
 pub use txt_db::{TxtDb, TxtMeta, TxtRecord};

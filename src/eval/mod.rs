@@ -7,7 +7,6 @@ pub mod recall;
 use std::collections::HashMap;
 
 use burn::prelude::*;
-use serde::Serialize;
 
 use crate::data::{DataError, ImgDb, ItmEvalDataset, TxtDb};
 use crate::encode::{Progress, encode_images_by_size, encode_texts_by_length};
@@ -58,12 +57,7 @@ pub fn embed_split<B: Backend>(
 ) -> Result<SplitEmbeddings, EvalError> {
     let ds = ItmEvalDataset::new(txt_db, img_db)?;
     Ok(SplitEmbeddings::encode(
-        model,
-        &ds,
-        img_db,
-        batch_size,
-        true,
-        device,
+        model, &ds, img_db, batch_size, true, device,
     )?)
 }
 
@@ -116,24 +110,6 @@ pub fn evaluate<B: Backend>(emb: &SplitEmbeddings, device: &B::Device) -> (Split
         &txt_hits,
         &img_hits,
     )
-}
-
-/// The eval JSON (`{"test": {"image_retrieval": {...}, "text_retrieval": {...}, "n_texts", "n_images"}}`).
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct EvalReport {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dev: Option<SplitRecall>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test: Option<SplitRecall>,
-}
-
-impl EvalReport {
-    pub fn set(&mut self, split: &str, r: SplitRecall) {
-        match split {
-            "dev" => self.dev = Some(r),
-            _ => self.test = Some(r),
-        }
-    }
 }
 
 /// A printable table of one split's recall (percent, like the seed README).

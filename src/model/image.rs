@@ -6,7 +6,7 @@ use super::config::{EncoderConfig, IMAGE_CLS_TOKEN_ID};
 use super::embeddings::{ImageEmbeddings, TextEmbeddings};
 use super::projection::ProjectionHead;
 use super::stages::TowerStages;
-use super::text::first_token;
+use super::stages::first_token;
 use super::transformer::{Encoder, Pooler};
 
 /// A batch of regions as the reference collate builds it (zero-padded to the longest image).

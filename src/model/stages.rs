@@ -3,7 +3,6 @@
 use burn::prelude::*;
 
 use super::projection::{ProjectionHead, ProjectionStages};
-use super::text::first_token;
 
 /// Everything a tower computes on one batch.
 #[derive(Debug, Clone)]
@@ -104,4 +103,10 @@ impl<B: Backend> NamedTensor<B> {
         let values = data.convert::<f32>().into_vec::<f32>().unwrap_or_default();
         (shape, values)
     }
+}
+
+/// `[batch, seq, H]` → `[batch, H]` at position 0.
+pub(crate) fn first_token<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [b, _, h] = x.dims();
+    x.slice([0..b, 0..1, 0..h]).reshape([b, h])
 }

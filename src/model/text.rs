@@ -5,7 +5,7 @@ use burn::prelude::*;
 use super::config::EncoderConfig;
 use super::embeddings::TextEmbeddings;
 use super::projection::ProjectionHead;
-use super::stages::TowerStages;
+use super::stages::{TowerStages, first_token};
 use super::transformer::{Encoder, Pooler};
 
 /// BERT text encoder; its vector is `encode_proj(sequence_output[:, 0])` — the tanh pooler is
@@ -70,10 +70,4 @@ impl<B: Backend> TextEncoder<B> {
         let layers = self.encoder.forward_all(emb.clone(), attention_mask);
         TowerStages::new(emb, layers, self.projection.as_ref())
     }
-}
-
-/// `[batch, seq, H]` → `[batch, H]` at position 0.
-pub(crate) fn first_token<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [b, _, h] = x.dims();
-    x.slice([0..b, 0..1, 0..h]).reshape([b, h])
 }

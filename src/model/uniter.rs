@@ -14,7 +14,7 @@ use burn::tensor::activation::sigmoid;
 
 use super::config::EncoderConfig;
 use super::embeddings::{ImageEmbeddings, TextEmbeddings};
-use super::text::first_token;
+use super::stages::first_token;
 use super::transformer::{Encoder, Pooler};
 
 /// Triplet margin of UNITER's ITM fine-tuning (`train-itm-*-hn.json`, `margin = 0.2`).

@@ -4,12 +4,12 @@
 
 use burn::prelude::*;
 
+use crate::batch::{BatchError, check_shape};
 use crate::encode::{floats, ints};
 use crate::model::{
     BiEncoderConfig, IMG_FEAT_DIM, IMG_POS_DIM, PretrainInput, PretrainTask, REGION_CLASSES,
     RegionBatch,
 };
-use crate::batch::{BatchError, check_shape};
 use crate::tensor_io::{HostTensor, TensorFile};
 
 /// One task's batch; `S` = predictions (masked tokens or regions).

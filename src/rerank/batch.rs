@@ -6,10 +6,10 @@ use burn::prelude::*;
 
 use crate::encode::{host_floats, host_ints};
 
+use crate::batch::{BatchError, check_shape};
 use crate::data::RegionFeatures;
 use crate::data::img_db::{IMG_FEAT_DIM, IMG_POS_DIM};
 use crate::model::{EncoderConfig, ItmInput};
-use crate::batch::{BatchError, check_shape};
 use crate::tensor_io::{HostTensor, TensorFile};
 
 /// One cross-encoder batch, row-major host arrays under the names of
@@ -38,7 +38,8 @@ impl ItmHostBatch {
             return Err(BatchError::Invalid("empty cross-encoder batch".into()));
         }
         for (i, (_, img)) in pairs.iter().enumerate() {
-            if img.features.len() != img.num_bb * IMG_FEAT_DIM || img.boxes.len() != img.num_bb * IMG_POS_DIM
+            if img.features.len() != img.num_bb * IMG_FEAT_DIM
+                || img.boxes.len() != img.num_bb * IMG_POS_DIM
             {
                 return Err(BatchError::Invalid(format!(
                     "pair {i}: image has num_bb {} but {} feature and {} box values",

@@ -17,8 +17,8 @@ mod reranker;
 mod scorer;
 pub mod split;
 
-pub use batch::ItmHostBatch;
 pub use crate::batch::BatchError;
+pub use batch::ItmHostBatch;
 pub use recall::{KEEP, SplitIds, full_ranking_recall, rerank_hits, rerank_recall};
 pub use reranker::UniterReranker;
 pub use scorer::{CrossEncoder, DEFAULT_BATCH};

@@ -100,7 +100,6 @@ pub struct ImageSection {
     pub captions: Option<Vec<Vec<String>>>,
 }
 
-
 /// The indexed captions.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct TextSection {

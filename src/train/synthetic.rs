@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::data::{HostTrainBatch, SplitMix64};
 use crate::data::writer::{ImgDbEncoding, encode_txt_record, write_img_db, write_lmdb};
 use crate::data::{
-    DataError, FloatDtype, IMG_FEAT_DIM, ImgDump, NdArray, IMG_POS_DIM, RegionFeatures, TxtRecord,
+    DataError, FloatDtype, IMG_FEAT_DIM, IMG_POS_DIM, ImgDump, NdArray, RegionFeatures, TxtRecord,
     collate_images, collate_texts,
 };
 
@@ -356,8 +356,12 @@ pub fn random_pairs(
         .collect();
     let regions: Vec<RegionFeatures> = (0..pairs)
         .map(|_| RegionFeatures {
-            features: (0..boxes * IMG_FEAT_DIM).map(|_| uniform(&mut rng)).collect(),
-            boxes: (0..boxes * IMG_POS_DIM).map(|_| uniform(&mut rng)).collect(),
+            features: (0..boxes * IMG_FEAT_DIM)
+                .map(|_| uniform(&mut rng))
+                .collect(),
+            boxes: (0..boxes * IMG_POS_DIM)
+                .map(|_| uniform(&mut rng))
+                .collect(),
             num_bb: boxes,
         })
         .collect();

@@ -5,12 +5,31 @@
 //! the two-stream layout is the one of spec §4.4; the task tensors are added on top. The
 //! `teacher.*` tensors (KD only, off by default) are not built.
 
-use super::dataset::PretrainItem;
 use super::masking::IGNORE_LABEL;
 use super::task::PretrainTask;
 use crate::data::DataError;
 use crate::data::collate::{ImageBatch, TextBatch, collate_images, collate_texts};
-use crate::data::img_db::IMG_FEAT_DIM;
+use crate::data::img_db::{IMG_FEAT_DIM, NdArray, RegionFeatures};
+
+/// One caption-image example after the task's masking, before padding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainItem {
+    pub txt_id: String,
+    pub img_fname: String,
+    /// `[CLS] ids… [SEP]`; for MLM the masked ids.
+    pub input_ids: Vec<u32>,
+    /// MLM only: `[len(input_ids)]`, original id at selected positions, -1 elsewhere (and at
+    /// [CLS]/[SEP]).
+    pub txt_labels: Option<Vec<i64>>,
+    /// Unmasked region features and positions of the image.
+    pub regions: RegionFeatures,
+    /// MRFR / MRC: `[num_bb]`, true = region masked.
+    pub img_mask: Option<Vec<bool>>,
+    /// MRC / MRC-KL: detector class distributions, `[num_bb, 1601]`.
+    pub soft_labels: Option<NdArray>,
+    /// ITM: the pair label (always 1: `itm_neg_prob` 0 is the only supported setting).
+    pub itm_target: Option<i64>,
+}
 
 /// The image tower's single text token, hard-coded as 101 in every pre-training dataset
 /// (not read from meta.json).

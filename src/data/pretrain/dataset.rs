@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
-use super::collate::{PretrainBatch, collate_pretrain};
+use super::collate::{PretrainBatch, PretrainItem, collate_pretrain};
 use super::masking::{img_mask, random_word};
 use super::pyrandom::PyRandom;
 use super::task::PretrainTask;
 use crate::data::DataError;
-use crate::data::img_db::{ImgDb, NdArray, RegionFeatures};
+use crate::data::img_db::ImgDb;
 use crate::data::txt_db::TxtDb;
 
 /// Settings of the pre-training datasets (`pretrain.py` options).
@@ -35,26 +35,6 @@ impl Default for PretrainDataOptions {
             mrm_prob: 0.15,
         }
     }
-}
-
-/// One caption-image example after the task's masking, before padding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PretrainItem {
-    pub txt_id: String,
-    pub img_fname: String,
-    /// `[CLS] ids… [SEP]`; for MLM the masked ids.
-    pub input_ids: Vec<u32>,
-    /// MLM only: `[len(input_ids)]`, original id at selected positions, -1 elsewhere (and at
-    /// [CLS]/[SEP]).
-    pub txt_labels: Option<Vec<i64>>,
-    /// Unmasked region features and positions of the image.
-    pub regions: RegionFeatures,
-    /// MRFR / MRC: `[num_bb]`, true = region masked.
-    pub img_mask: Option<Vec<bool>>,
-    /// MRC / MRC-KL: detector class distributions, `[num_bb, 1601]`.
-    pub soft_labels: Option<NdArray>,
-    /// ITM: the pair label (always 1: `itm_neg_prob` 0 is the only supported setting).
-    pub itm_target: Option<i64>,
 }
 
 /// Pre-training examples of one text db paired with one image db. The dbs are shared

@@ -26,8 +26,9 @@ pub mod pyrandom;
 pub mod sampler;
 pub mod task;
 
+pub use collate::PretrainItem;
 pub use collate::{IMG_INPUT_ID, PretrainBatch, collate_pretrain};
-pub use dataset::{PretrainDataOptions, PretrainDataset, PretrainItem};
+pub use dataset::{PretrainDataOptions, PretrainDataset};
 pub use masking::{IGNORE_LABEL, MLM_PROB, img_mask, random_word};
 pub use mixture::{TaskMixture, TaskSchedule};
 pub use pyrandom::{PyRandom, PyRandomState};
