@@ -299,223 +299,10 @@ impl TrainPlan {
     /// that every db, checkpoint and model config exists, so a bad config fails before any
     /// weight is loaded; each error is one line naming the field.
     pub fn resolve(config: &Path, ov: &TrainOverrides) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(config)
-            .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", config.display())))?;
-        let ft: FtConfig = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", config.display())))?;
-        let ev = EvalConfig::from_file(config, ov.data_root.as_deref()).map_err(|e| {
-            let msg = e.to_string();
-            TrainError::Config(
-                msg.strip_prefix("eval config: ")
-                    .unwrap_or(&msg)
-                    .to_string(),
-            )
-        })?;
+        let (ft, ev) = parse(config, ov)?;
         let cfg_err = |msg: String| TrainError::Config(format!("{}: {msg}", config.display()));
-
-        // Unsupported branches of the reference fail loudly rather than being silently dropped.
-        if ft.caption_score_weight.is_some_and(|w| w != 0.0) {
-            return Err(cfg_err(
-                "caption_score_weight != 0 (the generated-caption branch) is not supported; \
-                 every released model uses 0"
-                    .into(),
-            ));
-        }
-        if ft.teacher_checkpoint.is_some() {
-            return Err(cfg_err(
-                "teacher_checkpoint (knowledge distillation) is not supported".into(),
-            ));
-        }
-        if ft.fix_txt_encoder == Some(true) || ft.fix_img_encoder == Some(true) {
-            return Err(cfg_err(
-                "fix_txt_encoder / fix_img_encoder are not supported".into(),
-            ));
-        }
-        if let Some(mode) = ft.retrieval_mode.as_deref().filter(|m| *m != "both") {
-            return Err(cfg_err(format!(
-                "retrieval_mode {mode:?} is not supported (the reference raises too); use \"both\""
-            )));
-        }
-
-        let train_batch_size = match ov.train_batch_size {
-            Some(0) => return Err(cfg_err("--train-batch-size must be > 0".into())),
-            Some(n) => n,
-            None => positive("train_batch_size", ft.train_batch_size, 80).map_err(cfg_err)?,
-        };
-        let valid_batch_size = match ov.valid_batch_size {
-            Some(0) => return Err(cfg_err("--valid-batch-size must be > 0".into())),
-            Some(n) => n,
-            None => match ft.valid_batch_size {
-                Some(v) => positive("valid_batch_size", Some(v), 80),
-                None => positive("val_batch_size", ft.val_batch_size, 80),
-            }
-            .map_err(cfg_err)?,
-        };
-        let gradient_accumulation_steps = match ov.gradient_accumulation_steps {
-            Some(0) => {
-                return Err(cfg_err("--gradient-accumulation-steps must be > 0".into()));
-            }
-            Some(n) => n,
-            None => positive(
-                "gradient_accumulation_steps",
-                ft.gradient_accumulation_steps,
-                1,
-            )
-            .map_err(cfg_err)?,
-        };
-        let num_train_epochs = match ov.num_train_epochs {
-            Some(0) => return Err(cfg_err("--num-train-epochs must be > 0".into())),
-            Some(n) => n,
-            None => match ft.num_train_epochs {
-                None => {
-                    return Err(cfg_err(
-                        "num_train_epochs is missing (give it in the config or with \
-                         --num-train-epochs)"
-                            .into(),
-                    ));
-                }
-                v => positive("num_train_epochs", v, 0).map_err(cfg_err)?,
-            },
-        };
-        let learning_rate = ov.learning_rate.or(ft.learning_rate).unwrap_or(1e-5);
-        if !(learning_rate.is_finite() && learning_rate > 0.0) {
-            return Err(cfg_err(format!(
-                "learning_rate must be a positive number, got {learning_rate}"
-            )));
-        }
-        let max_grad_norm = ft.max_grad_norm.unwrap_or(2.0);
-        if !max_grad_norm.is_finite() {
-            return Err(cfg_err(format!(
-                "max_grad_norm must be finite, got {max_grad_norm}"
-            )));
-        }
-        let warmup = match (ov.warmup_steps, ov.warmup_proportion) {
-            (Some(_), Some(_)) => {
-                return Err(cfg_err(
-                    "give --warmup-steps or --warmup-proportion, not both".into(),
-                ));
-            }
-            (Some(n), None) => Warmup::Steps(n),
-            (None, Some(p)) if (0.0..=1.0).contains(&p) => Warmup::Proportion(p),
-            (None, Some(p)) => {
-                return Err(cfg_err(format!(
-                    "--warmup-proportion must be in [0, 1], got {p}"
-                )));
-            }
-            (None, None) => match ft.warmup_steps {
-                Some(n) => {
-                    Warmup::Steps(non_negative("warmup_steps", Some(n), 0).map_err(cfg_err)?)
-                }
-                None => Warmup::Proportion(0.1),
-            },
-        };
-        let dropout = ft.dropout.unwrap_or(0.1);
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(cfg_err(format!("dropout must be in [0, 1), got {dropout}")));
-        }
-        let max_txt_len = ft.max_txt_len.unwrap_or(64);
-        if max_txt_len == 0 || max_txt_len < -1 {
-            return Err(cfg_err(format!(
-                "max_txt_len must be > 0 (or -1 to keep every caption), got {max_txt_len}"
-            )));
-        }
-        let num_hard_negatives = match ov.num_hard_negatives {
-            Some(n) => n,
-            None => {
-                non_negative("num_hard_negatives", ft.num_hard_negatives, 0).map_err(cfg_err)?
-            }
-        };
-        let sampling_str = ov
-            .hard_negatives_sampling
-            .clone()
-            .or(ft.hard_negatives_sampling)
-            .unwrap_or_else(|| "none".into());
-        let mut sampling: Sampling = sampling_str.parse().map_err(cfg_err)?;
-        if num_hard_negatives == 0 && sampling != Sampling::None {
-            tracing::warn!("hard_negatives_sampling {sampling} ignored: num_hard_negatives is 0");
-            sampling = Sampling::None;
-        }
-        if num_hard_negatives > 0 && sampling == Sampling::None {
-            return Err(cfg_err(format!(
-                "num_hard_negatives is {num_hard_negatives} but hard_negatives_sampling is \
-                 \"none\": choose random, top, top-random, 10-20 or 20-30"
-            )));
-        }
-        if matches!(sampling, Sampling::Rank10To20 | Sampling::Rank20To30)
-            && num_hard_negatives > 10
-        {
-            return Err(cfg_err(format!(
-                "hard_negatives_sampling {sampling} draws from 10 ranks: num_hard_negatives \
-                 must be <= 10, got {num_hard_negatives}"
-            )));
-        }
-
-        // Databases.
-        let txts = ft
-            .train_txt_dbs
-            .map(OneOrMany::into_vec)
-            .unwrap_or_default();
-        let imgs = ft
-            .train_img_dbs
-            .map(OneOrMany::into_vec)
-            .unwrap_or_default();
-        if txts.is_empty() {
-            return Err(cfg_err("train_txt_dbs is missing or empty".into()));
-        }
-        if txts.len() != imgs.len() {
-            return Err(cfg_err(format!(
-                "train_txt_dbs has {} entries but train_img_dbs has {} (they pair 1:1)",
-                txts.len(),
-                imgs.len()
-            )));
-        }
-        let train: Vec<DbPair> = txts
-            .iter()
-            .zip(&imgs)
-            .map(|(t, i)| DbPair {
-                txt_db: ev.resolve(t),
-                img_db: ev.resolve(i),
-            })
-            .collect();
-        for (i, p) in train.iter().enumerate() {
-            check_db("train_txt_dbs", i, &p.txt_db, &txts[i]).map_err(cfg_err)?;
-            check_db("train_img_dbs", i, &p.img_db, &imgs[i]).map_err(cfg_err)?;
-        }
-        let pair = |s: &SplitPaths| DbPair {
-            txt_db: s.txt_db.clone(),
-            img_db: s.img_db.clone(),
-        };
-        let dev = ev.splits("dev").map_err(|_| {
-            cfg_err(
-                "val_txt_db / val_img_db are missing: the dev split picks the best epoch".into(),
-            )
-        })?;
-        let dev = pair(&dev[0]);
-        check_db(
-            "val_txt_db",
-            0,
-            &dev.txt_db,
-            &dev.txt_db.display().to_string(),
-        )
-        .map_err(cfg_err)?;
-        check_db(
-            "val_img_db",
-            0,
-            &dev.img_db,
-            &dev.img_db.display().to_string(),
-        )
-        .map_err(cfg_err)?;
-        let test = match ev.splits("test") {
-            Ok(s) => {
-                let p = pair(&s[0]);
-                check_db("test_txt_db", 0, &p.txt_db, &p.txt_db.display().to_string())
-                    .map_err(cfg_err)?;
-                check_db("test_img_db", 0, &p.img_db, &p.img_db.display().to_string())
-                    .map_err(cfg_err)?;
-                Some(p)
-            }
-            Err(_) => None,
-        };
+        let h = Hyper::validate(&ft, ov).map_err(cfg_err)?;
+        let (train, dev, test) = check_dbs(&ft, &ev).map_err(cfg_err)?;
 
         // Model configs and initial weights.
         let (img_cfg, txt_cfg) = ev.model_configs();
@@ -578,24 +365,268 @@ impl TrainPlan {
                 dev,
                 test,
                 img_db,
-                train_batch_size,
-                valid_batch_size,
-                gradient_accumulation_steps,
-                learning_rate,
-                max_grad_norm,
-                warmup,
-                num_train_epochs,
+                train_batch_size: h.train_batch_size,
+                valid_batch_size: h.valid_batch_size,
+                gradient_accumulation_steps: h.gradient_accumulation_steps,
+                learning_rate: h.learning_rate,
+                max_grad_norm: h.max_grad_norm,
+                warmup: h.warmup,
+                num_train_epochs: h.num_train_epochs,
                 seed: ov.seed.or(ft.seed).unwrap_or(42),
-                max_txt_len,
-                dropout,
-                num_hard_negatives,
-                hard_negatives_sampling: sampling,
+                max_txt_len: h.max_txt_len,
+                dropout: h.dropout,
+                num_hard_negatives: h.num_hard_negatives,
+                hard_negatives_sampling: h.sampling,
                 save_all_epochs: ft.save_all_epochs.unwrap_or(false),
                 precision: ov.precision,
             },
             output_dir,
         })
     }
+}
+
+/// The run's numbers, checked (the `resolve` step after parsing, before any path is read).
+struct Hyper {
+    train_batch_size: usize,
+    valid_batch_size: usize,
+    gradient_accumulation_steps: usize,
+    num_train_epochs: usize,
+    learning_rate: f64,
+    max_grad_norm: f64,
+    warmup: Warmup,
+    dropout: f64,
+    max_txt_len: i64,
+    num_hard_negatives: usize,
+    sampling: Sampling,
+}
+
+/// Reads the fine-tune JSON and, through [`EvalConfig`], its splits and box selection.
+fn parse(config: &Path, ov: &TrainOverrides) -> Result<(FtConfig, EvalConfig), TrainError> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", config.display())))?;
+    let ft: FtConfig = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", config.display())))?;
+    let ev = EvalConfig::from_file(config, ov.data_root.as_deref()).map_err(|e| {
+        let msg = e.to_string();
+        TrainError::Config(
+            msg.strip_prefix("eval config: ")
+                .unwrap_or(&msg)
+                .to_string(),
+        )
+    })?;
+    Ok((ft, ev))
+}
+
+impl Hyper {
+    /// Every number of `ft` with the flags applied; unsupported reference branches fail loudly
+    /// rather than being silently dropped.
+    fn validate(ft: &FtConfig, ov: &TrainOverrides) -> Result<Self, String> {
+        // Unsupported branches of the reference fail loudly rather than being silently dropped.
+        if ft.caption_score_weight.is_some_and(|w| w != 0.0) {
+            return Err(
+                "caption_score_weight != 0 (the generated-caption branch) is not supported; \
+                 every released model uses 0"
+                    .into(),
+            );
+        }
+        if ft.teacher_checkpoint.is_some() {
+            return Err("teacher_checkpoint (knowledge distillation) is not supported".into());
+        }
+        if ft.fix_txt_encoder == Some(true) || ft.fix_img_encoder == Some(true) {
+            return Err("fix_txt_encoder / fix_img_encoder are not supported".into());
+        }
+        if let Some(mode) = ft.retrieval_mode.as_deref().filter(|m| *m != "both") {
+            return Err(format!(
+                "retrieval_mode {mode:?} is not supported (the reference raises too); use \"both\""
+            ));
+        }
+
+        let train_batch_size = match ov.train_batch_size {
+            Some(0) => return Err("--train-batch-size must be > 0".into()),
+            Some(n) => n,
+            None => positive("train_batch_size", ft.train_batch_size, 80)?,
+        };
+        let valid_batch_size = match ov.valid_batch_size {
+            Some(0) => return Err("--valid-batch-size must be > 0".into()),
+            Some(n) => n,
+            None => match ft.valid_batch_size {
+                Some(v) => positive("valid_batch_size", Some(v), 80),
+                None => positive("val_batch_size", ft.val_batch_size, 80),
+            }?,
+        };
+        let gradient_accumulation_steps = match ov.gradient_accumulation_steps {
+            Some(0) => {
+                return Err("--gradient-accumulation-steps must be > 0".into());
+            }
+            Some(n) => n,
+            None => positive(
+                "gradient_accumulation_steps",
+                ft.gradient_accumulation_steps,
+                1,
+            )?,
+        };
+        let num_train_epochs = match ov.num_train_epochs {
+            Some(0) => return Err("--num-train-epochs must be > 0".into()),
+            Some(n) => n,
+            None => match ft.num_train_epochs {
+                None => {
+                    return Err(
+                        "num_train_epochs is missing (give it in the config or with \
+                         --num-train-epochs)"
+                            .into(),
+                    );
+                }
+                v => positive("num_train_epochs", v, 0)?,
+            },
+        };
+        let learning_rate = ov.learning_rate.or(ft.learning_rate).unwrap_or(1e-5);
+        if !(learning_rate.is_finite() && learning_rate > 0.0) {
+            return Err(format!(
+                "learning_rate must be a positive number, got {learning_rate}"
+            ));
+        }
+        let max_grad_norm = ft.max_grad_norm.unwrap_or(2.0);
+        if !max_grad_norm.is_finite() {
+            return Err(format!("max_grad_norm must be finite, got {max_grad_norm}"));
+        }
+        let warmup = match (ov.warmup_steps, ov.warmup_proportion) {
+            (Some(_), Some(_)) => {
+                return Err("give --warmup-steps or --warmup-proportion, not both".into());
+            }
+            (Some(n), None) => Warmup::Steps(n),
+            (None, Some(p)) if (0.0..=1.0).contains(&p) => Warmup::Proportion(p),
+            (None, Some(p)) => {
+                return Err(format!("--warmup-proportion must be in [0, 1], got {p}"));
+            }
+            (None, None) => match ft.warmup_steps {
+                Some(n) => Warmup::Steps(non_negative("warmup_steps", Some(n), 0)?),
+                None => Warmup::Proportion(0.1),
+            },
+        };
+        let dropout = ft.dropout.unwrap_or(0.1);
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(format!("dropout must be in [0, 1), got {dropout}"));
+        }
+        let max_txt_len = ft.max_txt_len.unwrap_or(64);
+        if max_txt_len == 0 || max_txt_len < -1 {
+            return Err(format!(
+                "max_txt_len must be > 0 (or -1 to keep every caption), got {max_txt_len}"
+            ));
+        }
+        let num_hard_negatives = match ov.num_hard_negatives {
+            Some(n) => n,
+            None => non_negative("num_hard_negatives", ft.num_hard_negatives, 0)?,
+        };
+        let sampling_str = ov
+            .hard_negatives_sampling
+            .clone()
+            .or(ft.hard_negatives_sampling.clone())
+            .unwrap_or_else(|| "none".into());
+        let mut sampling: Sampling = sampling_str.parse()?;
+        if num_hard_negatives == 0 && sampling != Sampling::None {
+            tracing::warn!("hard_negatives_sampling {sampling} ignored: num_hard_negatives is 0");
+            sampling = Sampling::None;
+        }
+        if num_hard_negatives > 0 && sampling == Sampling::None {
+            return Err(format!(
+                "num_hard_negatives is {num_hard_negatives} but hard_negatives_sampling is \
+                 \"none\": choose random, top, top-random, 10-20 or 20-30"
+            ));
+        }
+        if matches!(sampling, Sampling::Rank10To20 | Sampling::Rank20To30)
+            && num_hard_negatives > 10
+        {
+            return Err(format!(
+                "hard_negatives_sampling {sampling} draws from 10 ranks: num_hard_negatives \
+                 must be <= 10, got {num_hard_negatives}"
+            ));
+        }
+
+        Ok(Self {
+            train_batch_size,
+            valid_batch_size,
+            gradient_accumulation_steps,
+            num_train_epochs,
+            learning_rate,
+            max_grad_norm,
+            warmup,
+            dropout,
+            max_txt_len,
+            num_hard_negatives,
+            sampling,
+        })
+    }
+}
+
+/// The train, dev and test db pairs, each checked to exist.
+fn check_dbs(
+    ft: &FtConfig,
+    ev: &EvalConfig,
+) -> Result<(Vec<DbPair>, DbPair, Option<DbPair>), String> {
+    // Databases.
+    let txts = ft
+        .train_txt_dbs
+        .clone()
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default();
+    let imgs = ft
+        .train_img_dbs
+        .clone()
+        .map(OneOrMany::into_vec)
+        .unwrap_or_default();
+    if txts.is_empty() {
+        return Err("train_txt_dbs is missing or empty".into());
+    }
+    if txts.len() != imgs.len() {
+        return Err(format!(
+            "train_txt_dbs has {} entries but train_img_dbs has {} (they pair 1:1)",
+            txts.len(),
+            imgs.len()
+        ));
+    }
+    let train: Vec<DbPair> = txts
+        .iter()
+        .zip(&imgs)
+        .map(|(t, i)| DbPair {
+            txt_db: ev.resolve(t),
+            img_db: ev.resolve(i),
+        })
+        .collect();
+    for (i, p) in train.iter().enumerate() {
+        check_db("train_txt_dbs", i, &p.txt_db, &txts[i])?;
+        check_db("train_img_dbs", i, &p.img_db, &imgs[i])?;
+    }
+    let pair = |s: &SplitPaths| DbPair {
+        txt_db: s.txt_db.clone(),
+        img_db: s.img_db.clone(),
+    };
+    let dev = ev.splits("dev").map_err(|_| {
+        "val_txt_db / val_img_db are missing: the dev split picks the best epoch".to_string()
+    })?;
+    let dev = pair(&dev[0]);
+    check_db(
+        "val_txt_db",
+        0,
+        &dev.txt_db,
+        &dev.txt_db.display().to_string(),
+    )?;
+    check_db(
+        "val_img_db",
+        0,
+        &dev.img_db,
+        &dev.img_db.display().to_string(),
+    )?;
+    let test = match ev.splits("test") {
+        Ok(s) => {
+            let p = pair(&s[0]);
+            check_db("test_txt_db", 0, &p.txt_db, &p.txt_db.display().to_string())?;
+            check_db("test_img_db", 0, &p.img_db, &p.img_db.display().to_string())?;
+            Some(p)
+        }
+        Err(_) => None,
+    };
+
+    Ok((train, dev, test))
 }
 
 /// The checkpoint paths a config names (config values already resolved, flags applied).
