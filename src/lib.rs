@@ -14,8 +14,12 @@
 //! ```
 //!
 //! Modules, with one-way dependencies: [`model`] (burn only) ← [`conversion`] (PyTorch files);
-//! [`data`] (UNITER LMDB data, knows nothing of the model); [`tensor_io`] (safetensors batches);
-//! [`device`] (backend selection); [`retrieval`] (index, search, query pipeline) ← [`serve`] (HTTP).
+//! [`data`] (UNITER LMDB data, knows nothing of the model); [`regions`] (the region sizes both
+//! share); [`encode`] (where data meets the model: batches and whole corpora → vectors);
+//! [`eval`] (recall) ← [`rerank`] (cross-encoder) ← [`evaluation`] (the eval job);
+//! [`run`] (the training run engine) ← [`train`], [`pretrain`]; [`retrieval`] (index, search,
+//! query pipeline) ← [`serve`] (HTTP). Helpers: [`fsio`] (atomic writes, JSON files),
+//! [`tensor_io`] (safetensors), [`batch`] (batch checks), [`rng`], [`device`], [`progress`].
 
 pub mod batch;
 #[path = "../model_conversion/mod.rs"]
