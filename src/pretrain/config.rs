@@ -194,215 +194,10 @@ impl PretrainPlan {
     /// Reads `config` and applies `ov`. Checks every value and that every db, checkpoint and
     /// model config exists before anything is loaded; each error is one line naming the field.
     pub fn resolve(config: &Path, ov: &PretrainOverrides) -> Result<Self, PretrainError> {
-        let text = std::fs::read_to_string(config)
-            .map_err(|e| PretrainError::Config(format!("cannot read {}: {e}", config.display())))?;
-        let raw: RawConfig = serde_json::from_str(&text)
-            .map_err(|e| PretrainError::Config(format!("{}: {e}", config.display())))?;
-        let ev = EvalConfig::from_file(config, ov.data_root.as_deref())
-            .map_err(|e| PretrainError::Config(e.to_string()))?;
+        let (raw, ev) = parse(config, ov)?;
         let err = |msg: String| PretrainError::Config(format!("{}: {msg}", config.display()));
-
-        if raw.teacher_checkpoint.is_some() {
-            return Err(err(
-                "teacher_checkpoint (knowledge distillation) is not supported".into(),
-            ));
-        }
-        if raw.itm_ot_lambda.is_some_and(|l| l != 0.0) {
-            return Err(err(
-                "itm_ot_lambda > 0 (the optimal-transport loss) is not supported".into(),
-            ));
-        }
-        if raw.itm_neg_prob.is_some_and(|p| p != 0.0) {
-            return Err(err(
-                "itm_neg_prob must be 0: the CMR loss takes every row's image as its caption's \
-                 positive, so mismatched pairs would be trained as matches"
-                    .into(),
-            ));
-        }
-        if let Some(o) = raw.optim.as_deref().filter(|o| *o != "adamw") {
-            return Err(err(format!("optim {o:?} is not supported (adamw)")));
-        }
-        if let Some(d) = raw.decay.as_deref().filter(|d| *d != "linear") {
-            return Err(err(format!("decay {d:?} is not supported (linear)")));
-        }
-
-        let train_batch_size = positive(
-            "train_batch_size",
-            ov.train_batch_size,
-            raw.train_batch_size,
-            10240,
-        )
-        .map_err(err)?;
-        let val_batch_size = positive(
-            "val_batch_size",
-            ov.val_batch_size,
-            raw.val_batch_size,
-            train_batch_size,
-        )
-        .map_err(err)?;
-        let gradient_accumulation_steps = positive(
-            "gradient_accumulation_steps",
-            ov.gradient_accumulation_steps,
-            raw.gradient_accumulation_steps,
-            1,
-        )
-        .map_err(err)?;
-        let num_train_steps = positive(
-            "num_train_steps",
-            ov.num_train_steps,
-            raw.num_train_steps,
-            100_000,
-        )
-        .map_err(err)?;
-        let valid_steps =
-            positive("valid_steps", ov.valid_steps, raw.valid_steps, 10_000).map_err(err)?;
-        let warmup_steps = match (ov.warmup_steps, raw.warmup_steps) {
-            (Some(n), _) => n,
-            (None, Some(n)) if n >= 0 => n as usize,
-            (None, Some(n)) => return Err(err(format!("warmup_steps must be >= 0, got {n}"))),
-            (None, None) => 10_000,
-        };
-        let learning_rate = ov.learning_rate.or(raw.learning_rate).unwrap_or(3e-5);
-        if !(learning_rate.is_finite() && learning_rate > 0.0) {
-            return Err(err(format!(
-                "learning_rate must be a positive number, got {learning_rate}"
-            )));
-        }
-        let betas = match raw.betas.as_deref() {
-            None => (0.9, 0.98),
-            Some([b1, b2]) if (0.0..1.0).contains(b1) && (0.0..1.0).contains(b2) => (*b1, *b2),
-            Some(b) => {
-                return Err(err(format!(
-                    "betas must be two numbers in [0, 1), got {b:?}"
-                )));
-            }
-        };
-        let weight_decay = raw.weight_decay.unwrap_or(0.01);
-        let grad_norm = raw.grad_norm.unwrap_or(2.0);
-        let dropout = raw.dropout.unwrap_or(0.1);
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(err(format!("dropout must be in [0, 1), got {dropout}")));
-        }
-        let mrm_prob = raw.mrm_prob.unwrap_or(0.15);
-        if !(mrm_prob > 0.0 && mrm_prob <= 1.0) {
-            return Err(err(format!("mrm_prob must be in (0, 1], got {mrm_prob}")));
-        }
-        let max_txt_len = match raw.max_txt_len.unwrap_or(60) {
-            -1 => None,
-            n if n > 0 => Some(n as usize),
-            n => return Err(err(format!("max_txt_len must be > 0 or -1, got {n}"))),
-        };
-        let cls_concat = match (ov.cls_concat, raw.cls_concat.as_deref()) {
-            (Some(c), _) => c,
-            (None, Some(s)) => s.parse().map_err(err)?,
-            (None, None) => ClsConcat::Add,
-        };
-
-        let datasets = |field: &str,
-                        list: Option<Vec<RawDataset>>|
-         -> Result<Vec<RawDataset>, PretrainError> {
-            let list = list.unwrap_or_default();
-            if list.is_empty() {
-                return Err(err(format!("{field} is missing or empty")));
-            }
-            Ok(list)
-        };
-        // The reference's docker layout mounts the dbs at /db and /img (its txt_db_mapping /
-        // img_db_mapping options); with --data-root those absolute paths are re-rooted there.
-        let resolve = |given: &str| -> PathBuf {
-            if let Some(root) = ov.data_root.as_deref() {
-                for prefix in ["/db/", "/img/", "/pretrain/"] {
-                    if let Some(rest) = given.strip_prefix(prefix) {
-                        return root.join(&prefix[1..]).join(rest);
-                    }
-                }
-            }
-            ev.resolve(given)
-        };
-        let check_db = |field: String, given: &str| -> Result<PathBuf, PretrainError> {
-            let p = resolve(given);
-            if p.is_dir() {
-                Ok(p)
-            } else {
-                Err(err(format!(
-                    "{field} {given:?} not found (resolved to {})",
-                    p.display()
-                )))
-            }
-        };
-        let parse_task = |field: &str, t: &str| -> Result<PretrainTask, PretrainError> {
-            t.parse::<PretrainTask>().map_err(|_| {
-                err(format!(
-                    "{field}: unknown task {t:?} (expected itm, mlm, mrfr, mrckl or mrc; \
-                     mrm-nce is not implemented upstream either)"
-                ))
-            })
-        };
-        let mut train = Vec::new();
-        for (i, d) in datasets("train_datasets", raw.train_datasets)?
-            .into_iter()
-            .enumerate()
-        {
-            let name = d.name.clone().unwrap_or_else(|| format!("train{i}"));
-            let field = format!("train_datasets[{i}] ({name})");
-            if d.db.is_empty() || d.db.len() != d.img.len() {
-                return Err(err(format!(
-                    "{field}: db has {} entries and img {} (they pair 1:1, at least one)",
-                    d.db.len(),
-                    d.img.len()
-                )));
-            }
-            if d.tasks.is_empty() || d.tasks.len() != d.mix_ratio.len() {
-                return Err(err(format!(
-                    "{field}: tasks has {} entries and mix_ratio {} (one ratio per task, at least one)",
-                    d.tasks.len(),
-                    d.mix_ratio.len()
-                )));
-            }
-            let mut dbs = Vec::new();
-            for (j, (t, im)) in d.db.iter().zip(&d.img).enumerate() {
-                dbs.push(DbPair {
-                    txt_db: check_db(format!("{field}.db[{j}]"), t)?,
-                    img_db: check_db(format!("{field}.img[{j}]"), im)?,
-                });
-            }
-            let mut tasks = Vec::new();
-            for (t, &r) in d.tasks.iter().zip(&d.mix_ratio) {
-                if r < 0 {
-                    return Err(err(format!(
-                        "{field}: mix_ratio of {t} must be >= 0, got {r}"
-                    )));
-                }
-                tasks.push((parse_task(&field, t)?, r as usize));
-            }
-            train.push(TrainDataset { name, dbs, tasks });
-        }
-        if train.iter().flat_map(|d| &d.tasks).all(|(_, r)| *r == 0) {
-            return Err(err(
-                "every mix_ratio is 0: no task would ever be trained".into()
-            ));
-        }
-        let mut val = Vec::new();
-        for (i, d) in raw.val_datasets.unwrap_or_default().into_iter().enumerate() {
-            let name = d.name.clone().unwrap_or_else(|| format!("val{i}"));
-            let field = format!("val_datasets[{i}] ({name})");
-            if d.db.len() != 1 || d.img.len() != 1 {
-                return Err(err(format!("{field}: needs exactly one db and one img")));
-            }
-            let tasks = d
-                .tasks
-                .iter()
-                .map(|t| parse_task(&field, t))
-                .collect::<Result<Vec<_>, _>>()?;
-            val.push(ValDataset {
-                db: DbPair {
-                    txt_db: check_db(format!("{field}.db[0]"), &d.db[0])?,
-                    img_db: check_db(format!("{field}.img[0]"), &d.img[0])?,
-                },
-                name,
-                tasks,
-            });
-        }
+        let h = Hyper::validate(&raw, ov).map_err(err)?;
+        let (train, val) = check_datasets(&raw, ov, &ev).map_err(err)?;
 
         // Initial weights.
         let (img_cfg, txt_cfg) = ev.model_configs();
@@ -472,26 +267,279 @@ impl PretrainPlan {
                     num_bb: ev.num_bb,
                     compressed: ev.compressed_db,
                 },
-                train_batch_size,
-                val_batch_size,
-                gradient_accumulation_steps,
-                learning_rate,
-                betas,
-                weight_decay,
-                grad_norm,
-                warmup_steps,
-                num_train_steps,
-                valid_steps,
+                train_batch_size: h.train_batch_size,
+                val_batch_size: h.val_batch_size,
+                gradient_accumulation_steps: h.gradient_accumulation_steps,
+                learning_rate: h.learning_rate,
+                betas: h.betas,
+                weight_decay: h.weight_decay,
+                grad_norm: h.grad_norm,
+                warmup_steps: h.warmup_steps,
+                num_train_steps: h.num_train_steps,
+                valid_steps: h.valid_steps,
                 seed: ov.seed.or(raw.seed).unwrap_or(42),
-                max_txt_len,
-                mrm_prob,
-                dropout,
-                cls_concat,
+                max_txt_len: h.max_txt_len,
+                mrm_prob: h.mrm_prob,
+                dropout: h.dropout,
+                cls_concat: h.cls_concat,
                 precision: ov.precision,
             },
             output_dir,
         })
     }
+}
+
+/// The run's numbers, checked (the `resolve` step after parsing, before any path is read).
+struct Hyper {
+    train_batch_size: usize,
+    val_batch_size: usize,
+    gradient_accumulation_steps: usize,
+    num_train_steps: usize,
+    valid_steps: usize,
+    warmup_steps: usize,
+    learning_rate: f64,
+    betas: (f64, f64),
+    weight_decay: f64,
+    grad_norm: f64,
+    dropout: f64,
+    mrm_prob: f64,
+    max_txt_len: Option<usize>,
+    cls_concat: ClsConcat,
+}
+
+/// Reads the pre-training JSON and, through [`EvalConfig`], its paths and box selection.
+fn parse(config: &Path, ov: &PretrainOverrides) -> Result<(RawConfig, EvalConfig), PretrainError> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| PretrainError::Config(format!("cannot read {}: {e}", config.display())))?;
+    let raw: RawConfig = serde_json::from_str(&text)
+        .map_err(|e| PretrainError::Config(format!("{}: {e}", config.display())))?;
+    let ev = EvalConfig::from_file(config, ov.data_root.as_deref())
+        .map_err(|e| PretrainError::Config(e.to_string()))?;
+    Ok((raw, ev))
+}
+
+impl Hyper {
+    /// Every number of `raw` with the flags applied; unsupported reference branches fail
+    /// loudly rather than being silently dropped.
+    fn validate(raw: &RawConfig, ov: &PretrainOverrides) -> Result<Self, String> {
+        if raw.teacher_checkpoint.is_some() {
+            return Err("teacher_checkpoint (knowledge distillation) is not supported".into());
+        }
+        if raw.itm_ot_lambda.is_some_and(|l| l != 0.0) {
+            return Err("itm_ot_lambda > 0 (the optimal-transport loss) is not supported".into());
+        }
+        if raw.itm_neg_prob.is_some_and(|p| p != 0.0) {
+            return Err(
+                "itm_neg_prob must be 0: the CMR loss takes every row's image as its caption's \
+                 positive, so mismatched pairs would be trained as matches"
+                    .into(),
+            );
+        }
+        if let Some(o) = raw.optim.as_deref().filter(|o| *o != "adamw") {
+            return Err(format!("optim {o:?} is not supported (adamw)"));
+        }
+        if let Some(d) = raw.decay.as_deref().filter(|d| *d != "linear") {
+            return Err(format!("decay {d:?} is not supported (linear)"));
+        }
+
+        let train_batch_size = positive(
+            "train_batch_size",
+            ov.train_batch_size,
+            raw.train_batch_size,
+            10240,
+        )?;
+        let val_batch_size = positive(
+            "val_batch_size",
+            ov.val_batch_size,
+            raw.val_batch_size,
+            train_batch_size,
+        )?;
+        let gradient_accumulation_steps = positive(
+            "gradient_accumulation_steps",
+            ov.gradient_accumulation_steps,
+            raw.gradient_accumulation_steps,
+            1,
+        )?;
+        let num_train_steps = positive(
+            "num_train_steps",
+            ov.num_train_steps,
+            raw.num_train_steps,
+            100_000,
+        )?;
+        let valid_steps = positive("valid_steps", ov.valid_steps, raw.valid_steps, 10_000)?;
+        let warmup_steps = match (ov.warmup_steps, raw.warmup_steps) {
+            (Some(n), _) => n,
+            (None, Some(n)) if n >= 0 => n as usize,
+            (None, Some(n)) => return Err(format!("warmup_steps must be >= 0, got {n}")),
+            (None, None) => 10_000,
+        };
+        let learning_rate = ov.learning_rate.or(raw.learning_rate).unwrap_or(3e-5);
+        if !(learning_rate.is_finite() && learning_rate > 0.0) {
+            return Err(format!(
+                "learning_rate must be a positive number, got {learning_rate}"
+            ));
+        }
+        let betas = match raw.betas.as_deref() {
+            None => (0.9, 0.98),
+            Some([b1, b2]) if (0.0..1.0).contains(b1) && (0.0..1.0).contains(b2) => (*b1, *b2),
+            Some(b) => {
+                return Err(format!("betas must be two numbers in [0, 1), got {b:?}"));
+            }
+        };
+        let weight_decay = raw.weight_decay.unwrap_or(0.01);
+        let grad_norm = raw.grad_norm.unwrap_or(2.0);
+        let dropout = raw.dropout.unwrap_or(0.1);
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(format!("dropout must be in [0, 1), got {dropout}"));
+        }
+        let mrm_prob = raw.mrm_prob.unwrap_or(0.15);
+        if !(mrm_prob > 0.0 && mrm_prob <= 1.0) {
+            return Err(format!("mrm_prob must be in (0, 1], got {mrm_prob}"));
+        }
+        let max_txt_len = match raw.max_txt_len.unwrap_or(60) {
+            -1 => None,
+            n if n > 0 => Some(n as usize),
+            n => return Err(format!("max_txt_len must be > 0 or -1, got {n}")),
+        };
+        let cls_concat = match (ov.cls_concat, raw.cls_concat.as_deref()) {
+            (Some(c), _) => c,
+            (None, Some(s)) => s.parse()?,
+            (None, None) => ClsConcat::Add,
+        };
+
+        Ok(Self {
+            train_batch_size,
+            val_batch_size,
+            gradient_accumulation_steps,
+            num_train_steps,
+            valid_steps,
+            warmup_steps,
+            learning_rate,
+            betas,
+            weight_decay,
+            grad_norm,
+            dropout,
+            mrm_prob,
+            max_txt_len,
+            cls_concat,
+        })
+    }
+}
+
+/// The training and validation corpora, every db checked to exist.
+fn check_datasets(
+    raw: &RawConfig,
+    ov: &PretrainOverrides,
+    ev: &EvalConfig,
+) -> Result<(Vec<TrainDataset>, Vec<ValDataset>), String> {
+    let datasets =
+        |field: &str, list: Option<Vec<RawDataset>>| -> Result<Vec<RawDataset>, String> {
+            let list = list.unwrap_or_default();
+            if list.is_empty() {
+                return Err(format!("{field} is missing or empty"));
+            }
+            Ok(list)
+        };
+    // The reference's docker layout mounts the dbs at /db and /img (its txt_db_mapping /
+    // img_db_mapping options); with --data-root those absolute paths are re-rooted there.
+    let resolve = |given: &str| -> PathBuf {
+        if let Some(root) = ov.data_root.as_deref() {
+            for prefix in ["/db/", "/img/", "/pretrain/"] {
+                if let Some(rest) = given.strip_prefix(prefix) {
+                    return root.join(&prefix[1..]).join(rest);
+                }
+            }
+        }
+        ev.resolve(given)
+    };
+    let check_db = |field: String, given: &str| -> Result<PathBuf, String> {
+        let p = resolve(given);
+        if p.is_dir() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "{field} {given:?} not found (resolved to {})",
+                p.display()
+            ))
+        }
+    };
+    let parse_task = |field: &str, t: &str| -> Result<PretrainTask, String> {
+        t.parse::<PretrainTask>().map_err(|_| {
+            format!(
+                "{field}: unknown task {t:?} (expected itm, mlm, mrfr, mrckl or mrc; \
+                     mrm-nce is not implemented upstream either)"
+            )
+        })
+    };
+    let mut train = Vec::new();
+    for (i, d) in datasets("train_datasets", raw.train_datasets.clone())?
+        .into_iter()
+        .enumerate()
+    {
+        let name = d.name.clone().unwrap_or_else(|| format!("train{i}"));
+        let field = format!("train_datasets[{i}] ({name})");
+        if d.db.is_empty() || d.db.len() != d.img.len() {
+            return Err(format!(
+                "{field}: db has {} entries and img {} (they pair 1:1, at least one)",
+                d.db.len(),
+                d.img.len()
+            ));
+        }
+        if d.tasks.is_empty() || d.tasks.len() != d.mix_ratio.len() {
+            return Err(format!(
+                "{field}: tasks has {} entries and mix_ratio {} (one ratio per task, at least one)",
+                d.tasks.len(),
+                d.mix_ratio.len()
+            ));
+        }
+        let mut dbs = Vec::new();
+        for (j, (t, im)) in d.db.iter().zip(&d.img).enumerate() {
+            dbs.push(DbPair {
+                txt_db: check_db(format!("{field}.db[{j}]"), t)?,
+                img_db: check_db(format!("{field}.img[{j}]"), im)?,
+            });
+        }
+        let mut tasks = Vec::new();
+        for (t, &r) in d.tasks.iter().zip(&d.mix_ratio) {
+            if r < 0 {
+                return Err(format!("{field}: mix_ratio of {t} must be >= 0, got {r}"));
+            }
+            tasks.push((parse_task(&field, t)?, r as usize));
+        }
+        train.push(TrainDataset { name, dbs, tasks });
+    }
+    if train.iter().flat_map(|d| &d.tasks).all(|(_, r)| *r == 0) {
+        return Err("every mix_ratio is 0: no task would ever be trained".into());
+    }
+    let mut val = Vec::new();
+    for (i, d) in raw
+        .val_datasets
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let name = d.name.clone().unwrap_or_else(|| format!("val{i}"));
+        let field = format!("val_datasets[{i}] ({name})");
+        if d.db.len() != 1 || d.img.len() != 1 {
+            return Err(format!("{field}: needs exactly one db and one img"));
+        }
+        let tasks = d
+            .tasks
+            .iter()
+            .map(|t| parse_task(&field, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        val.push(ValDataset {
+            db: DbPair {
+                txt_db: check_db(format!("{field}.db[0]"), &d.db[0])?,
+                img_db: check_db(format!("{field}.img[0]"), &d.img[0])?,
+            },
+            name,
+            tasks,
+        });
+    }
+
+    Ok((train, val))
 }
 
 impl PretrainSettings {
