@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Modules, with one-way dependencies: [`model`] (burn only) ← [`conversion`] (PyTorch files);
-//! [`data`] (UNITER LMDB data, knows nothing of the model); [`regions`] (the region sizes both
+//! [`data`] (UNITER LMDB data, knows nothing of the model); [`region_dims`] (the region sizes both
 //! share); [`encode`] (where data meets the model: batches and whole corpora → vectors);
 //! [`eval`] (recall) ← [`rerank`] (cross-encoder) ← [`evaluation`] (the eval job);
 //! [`run`] (the training run engine) ← [`train`], [`pretrain`]; [`retrieval`] (index, search,
@@ -34,7 +34,7 @@ pub mod fsio;
 pub mod model;
 pub mod pretrain;
 pub mod progress;
-pub mod regions;
+pub mod region_dims;
 pub mod rerank;
 pub mod retrieval;
 pub mod rng;

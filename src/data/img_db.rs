@@ -29,7 +29,7 @@ use super::json::read_json;
 use super::lmdb::{self, LmdbReader};
 
 pub use super::codec::{FloatDtype, NdArray};
-pub use crate::regions::{IMG_FEAT_DIM, IMG_POS_DIM};
+pub use crate::region_dims::{IMG_FEAT_DIM, IMG_POS_DIM};
 /// Stored `norm_bb` width.
 const BB_DIM: usize = 6;
 /// LMDB key listing every image name.

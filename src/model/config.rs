@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// `[CLS]` id used by the image tower's one-token text part (hard-coded in the reference collate).
 pub const IMAGE_CLS_TOKEN_ID: i64 = 101;
-pub use crate::regions::{IMG_FEAT_DIM, IMG_POS_DIM};
+pub use crate::region_dims::{IMG_FEAT_DIM, IMG_POS_DIM};
 /// LayerNorm epsilon used everywhere (the reference hard-codes it, whatever the JSON says).
 pub const LAYER_NORM_EPS: f64 = 1e-12;
 
