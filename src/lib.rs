@@ -27,6 +27,7 @@ pub mod inference;
 pub mod model;
 pub mod pretrain;
 pub mod progress;
+pub mod regions;
 pub mod rerank;
 pub mod retrieval;
 pub mod search;
