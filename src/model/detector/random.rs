@@ -9,7 +9,7 @@ use burn::tensor::Distribution;
 use super::{Detector, DetectorConfig, DetectorModel};
 
 /// Draws every convolution / Linear / embedding weight uniformly with variance `1 / fan_in`
-/// (LeCun): with the identity BatchNorms of [`DetectorModel::new`] the residual stages neither
+/// (LeCun; the box regressors 10x smaller): with the identity BatchNorms of [`DetectorModel::new`] the residual stages neither
 /// explode nor vanish, so the RPN and the box head see varied inputs. Biases, BatchNorm
 /// statistics and the config's cell anchors keep their values.
 struct LecunUniform {
@@ -38,7 +38,14 @@ impl<B: Backend> ModuleMapper<B> for LecunUniform {
             2 => dims[0].max(1),
             _ => dims[1..].iter().product::<usize>().max(1),
         };
-        let a = (3.0 / fan_in as f64).sqrt();
+        // Box regressors 10x smaller: unit-variance deltas would make every box span the image
+        // (exp of the clamped scale deltas), and NMS would keep only a handful.
+        let regressor = self
+            .path
+            .iter()
+            .any(|p| p == "anchor_deltas" || p == "bbox_pred");
+        let scale = if regressor { 0.1 } else { 1.0 };
+        let a = scale * (3.0 / fan_in as f64).sqrt();
         let random = Tensor::<B, D>::random(dims, Distribution::Uniform(-a, a), &tensor.device());
         Param::from_mapped_value(id, random, mapper)
     }
