@@ -156,6 +156,46 @@ fn extracted_db_feeds_index_and_eval() {
     }
 }
 
+#[test]
+fn the_fixture_detectors_512_d_features_are_refused_by_index_in_one_line() {
+    // The fixture model is reduced-width (res5 of 512 channels); its records match the
+    // reference's (tests/detector_parity.rs), but the image tower reads 2048-d features.
+    let f = common::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.txt");
+    std::fs::write(
+        &list,
+        format!("{}\n", images_dir().join("tiny_97x151.png").display()),
+    )
+    .unwrap();
+    let db = dir.path().join("img_db");
+    let o = common::run_cli(&[
+        &"extract",
+        &"--detector",
+        &f.join("butd"),
+        &"--images",
+        &list,
+        &"--out",
+        &db,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let src = common::tiny_source(CHECKPOINT);
+    let o = common::run_cli(&[
+        &"index",
+        &"--checkpoint",
+        &src.checkpoint,
+        &"--img-config",
+        &src.img_config.clone().unwrap(),
+        &"--txt-config",
+        &src.txt_config.clone().unwrap(),
+        &"--img-db",
+        &db,
+        &"--out",
+        &dir.path().join("index"),
+    ]);
+    common::assert_clean_error(&o, "expected [N, 2048]");
+}
+
 fn collect_numbers(v: &Value, path: &str, out: &mut Vec<(String, f64)>) {
     match v {
         Value::Object(m) => m
