@@ -152,7 +152,7 @@ fn extracted_db_feeds_index_and_eval() {
         .iter()
         .filter(|(k, _)| k.contains("r1") || k.contains("r5"))
     {
-        assert!((0.0..=100.0).contains(r), "{k} = {r}");
+        assert!((0.0..=1.0).contains(r), "{k} = {r}");
     }
 }
 
@@ -467,4 +467,15 @@ fn search_photo_cli_matches_the_service() {
     let bad = dir.path().join("bad.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff not a jpeg").unwrap();
     common::assert_clean_error(&run(&bad, false), "cannot decode");
+    let o = common::run_cli(&[
+        &"search",
+        &"--index",
+        &s.index,
+        &"--checkpoint",
+        &src.checkpoint,
+        &"--detector",
+        &s.detector,
+        &"a dog",
+    ]);
+    common::assert_clean_error(&o, "--photo");
 }

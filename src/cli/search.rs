@@ -146,6 +146,9 @@ impl BackendTask for PhotoTask<'_> {
 
 pub fn run(args: SearchArgs, device: DeviceSpec) -> Result<()> {
     let k = check_k(args.k)?;
+    if args.detector.is_some() && args.photo.is_none() {
+        anyhow::bail!("--detector is for a --photo query");
+    }
     if let (Some(photo), Some(detector)) = (&args.photo, &args.detector) {
         let task = PhotoTask {
             args: &args,
