@@ -35,6 +35,7 @@ pub mod model;
 pub mod pretrain;
 pub mod progress;
 pub mod region_dims;
+pub mod regions;
 pub mod rerank;
 pub mod retrieval;
 pub mod rng;

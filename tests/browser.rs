@@ -6,6 +6,7 @@
 
 mod common;
 mod fixture_index;
+mod photo_setup;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -122,5 +123,62 @@ fn page_runs_a_query_in_headless_chromium() {
     assert!(rendered_ids(&dom).is_empty());
     assert!(dom.contains("data-state=\"error\""), "{dom}");
     assert!(dom.contains("k must be between 1 and 10000"), "{dom}");
+    server.stop().unwrap();
+}
+
+/// The `data-id`s of rendered `<li class="{class}">` items, in page order.
+fn ids_of_class(dom: &str, class: &str) -> Vec<String> {
+    dom.split(&format!("<li class=\"{class}\" data-id=\""))
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(|s| s.replace("&amp;", "&"))
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(has_chromium),
+    ignore = "no chromium on PATH when built: apt-get install chromium (README, Testing)"
+)]
+fn page_searches_by_photo() {
+    use lightningdot::retrieval::photo::PhotoService;
+    use lightningdot::serve::PhotoHandle;
+    let browser = PathBuf::from(option_env!("LIGHTNINGDOT_CHROMIUM").unwrap_or("chromium"));
+    let photo = Arc::new(photo_setup::photo_pipeline());
+    let service: Arc<dyn SearchService> = photo.clone();
+    let server = serve::spawn(
+        service,
+        ServeOptions {
+            images_dir: Some(photo_setup::images_dir()),
+            photo: Some(PhotoHandle(photo.clone())),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    // The page has the upload control when the server has a detector.
+    let dom = dump_dom(
+        &browser,
+        &format!("http://{}/", server.addr),
+        Duration::from_secs(90),
+    );
+    assert!(dom.contains("id=\"photo-form\" class=\"on\""), "{dom}");
+
+    // ?photo=ID fetches the image file and uploads it through the page's form code.
+    let id = "landscape_320x240.npz";
+    let bytes = std::fs::read(photo_setup::images_dir().join("landscape_320x240.png")).unwrap();
+    let want = photo.search_photo(&bytes, 3).unwrap();
+    let url = format!("http://{}/?photo={id}&k=3", server.addr);
+    let dom = dump_dom(&browser, &url, Duration::from_secs(120));
+    assert!(
+        dom.contains("data-state=\"done\""),
+        "page did not finish: {dom}"
+    );
+    let captions: Vec<String> = want.captions.iter().map(|r| r.id.clone()).collect();
+    let similar: Vec<String> = want.images.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(rendered_ids(&dom), captions);
+    assert_eq!(ids_of_class(&dom, "similar"), similar);
+    assert!(dom.contains("Similar images"), "{dom}");
+    assert!(dom.contains("regions"), "{dom}");
     server.stop().unwrap();
 }

@@ -43,6 +43,8 @@ use serde_json::{Value, json};
 
 use super::parity;
 
+mod detector;
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// f32, or bf16 (bf16 weights and activations; f32 master weights, moments and losses).
@@ -54,6 +56,14 @@ pub struct BenchArgs {
     /// Also write every number as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Time the reference PyTorch detector too (CPU): the `lxmert` directory of
+    /// huggingface/transformers-research-projects (modeling_frcnn.py + utils.py; needs torch,
+    /// torchvision, numpy and pyyaml for --python).
+    #[arg(long)]
+    pub torch_frcnn: Option<PathBuf>,
+    /// The Python interpreter for --torch-frcnn.
+    #[arg(long, default_value = "python3")]
+    pub python: PathBuf,
 }
 
 /// Caption length of the fine-tuning workload (the reference's Flickr30k captions are shorter).
@@ -186,6 +196,8 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     tracing::info!("bench on {device} ({precision:?}), {sizes:?}");
+    detector::torch_args(&args.torch_frcnn, device)?;
+    let load_before = detector::load_average();
 
     // Parity first: a wrong device is not worth timing.
     let dir = std::env::temp_dir().join(format!("lightningdot-bench-{}", std::process::id()));
@@ -209,6 +221,20 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
             spec: device,
         },
     )??);
+    let det_size = detector::DetectorSize::new(args.quick);
+    let det_timing = run_on(
+        device,
+        detector::DetectorBench {
+            size: det_size,
+            spec: device,
+        },
+    )??;
+    let torch = args
+        .torch_frcnn
+        .as_ref()
+        .map(|dir| detector::time_torch(&args.python, dir, &det_size));
+    let load_after = detector::load_average();
+    timings.push(det_timing.clone());
     let elapsed = started.elapsed();
 
     let title = format!(
@@ -219,6 +245,9 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
         elapsed.as_secs_f64()
     );
     print_table(&title, &checks, &timings, device);
+    let vs_torch = torch
+        .map(|t| detector::compare(&det_timing, t, load_before, load_after, threads))
+        .unwrap_or(Value::Null);
     if let Some(path) = &args.json {
         let doc = json!({
             "device": device.to_string(),
@@ -233,6 +262,7 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
                 "tolerance": c.tol, "relative": c.relative, "ok": c.ok(),
             })).collect::<Vec<_>>(),
             "throughput": timings.iter().map(Timing::json).collect::<Vec<_>>(),
+            "detector_vs_pytorch": vs_torch,
         });
         lightningdot::fsio::write_json(path, &doc)?;
     }

@@ -1,11 +1,7 @@
 //! `lightningdot extract --detector DIR --images DIR|LIST.txt --out IMG_DB`: BUTD region
 //! features of a folder of images, written as a UNITER img_db (spec §4.1).
-//!
-//! Records follow the fixture README's mapping (`fixtures/butd/uniter/`): `features` = the
-//! kept regions' mean-pooled res5 features, `norm_bb` from the regressed boxes, `conf` = the
-//! best foreground probability, `soft_labels` = the class probabilities with background moved
-//! FIRST; all float16, in the detector's output order (descending confidence). The record key
-//! of `photos/cat.jpg` is `cat.npz`, as UNITER names a feature file by its image.
+//! Records: [`lightningdot::regions::uniter_record`]. The record key of `photos/cat.jpg` is
+//! `cat.npz`, as UNITER names a feature file by its image.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,11 +11,12 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
 use clap::Args;
 use lightningdot::conversion::{DetectorSource, LoadOptions};
-use lightningdot::data::img_db::{FloatDtype, ImgDbOptions, ImgDump, NdArray};
+use lightningdot::data::img_db::{ImgDbOptions, ImgDump};
 use lightningdot::data::writer::{ImgDbAppender, ImgDbEncoding};
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
-use lightningdot::model::detector::{Detections, load_image};
+use lightningdot::model::detector::load_image;
 use lightningdot::progress::bar;
+use lightningdot::regions::{box_count, fix_detection_count, uniter_record};
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
@@ -219,47 +216,6 @@ fn list_images(images: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// The UNITER record of one image's detections (float16 arrays, README mapping).
-pub fn uniter_record(det: &Detections) -> ImgDump {
-    let n = det.len();
-    let (h0, w0) = (det.image_size.0 as f32, det.image_size.1 as f32);
-    let norm_bb: Vec<f32> = det
-        .boxes
-        .iter()
-        .flat_map(|b| {
-            let (x1, y1) = (b[0] / w0, b[1] / h0);
-            let (bw, bh) = ((b[2] - b[0]) / w0, (b[3] - b[1]) / h0);
-            [x1, y1, x1 + bw, y1 + bh, bw, bh]
-        })
-        .collect();
-    // The converted model has background last; UNITER's soft labels have it first.
-    let c1 = det.cls_probs.len() / n.max(1);
-    let soft_labels: Vec<f32> = det
-        .cls_probs
-        .chunks_exact(c1.max(1))
-        .flat_map(|row| {
-            let (fg, bg) = row.split_at(c1 - 1);
-            bg.iter().chain(fg).copied().collect::<Vec<_>>()
-        })
-        .collect();
-    let array = |shape: Vec<usize>, data: Vec<f32>| NdArray {
-        shape,
-        data,
-        dtype: FloatDtype::F16,
-    };
-    ImgDump {
-        fields: vec![
-            (
-                "features".into(),
-                array(vec![n, det.feature_dim], det.features.clone()),
-            ),
-            ("norm_bb".into(), array(vec![n, 6], norm_bb)),
-            ("conf".into(), array(vec![n], det.obj_probs.clone())),
-            ("soft_labels".into(), array(vec![n, c1], soft_labels)),
-        ],
-    }
-}
-
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     image: String,
@@ -283,10 +239,7 @@ impl BackendTask for ExtractTask<'_> {
         };
         let (mut det, _) = source.load::<B>(&device)?;
         let options = a.selection.options()?;
-        if let Some(n) = a.selection.num_bb {
-            det.config.min_detections = n;
-            det.config.max_detections = n;
-        }
+        fix_detection_count(&mut det.config, &options);
         let mut sink = ImgDbSink::open(&a.out, options)?;
         let done: HashSet<&str> = sink.names().iter().map(String::as_str).collect();
         let todo: Vec<(String, PathBuf)> = self
@@ -314,15 +267,8 @@ impl BackendTask for ExtractTask<'_> {
                     .and_then(|img| det.detect(&img).map_err(anyhow::Error::from));
                 match result {
                     Ok(d) => {
-                        let record = uniter_record(&d);
-                        // UNITER counts boxes on the stored float16 confidences.
-                        let conf: Vec<f32> = d
-                            .obj_probs
-                            .iter()
-                            .map(|&c| half::f16::from_f32(c).to_f32())
-                            .collect();
-                        let nbb = options.nbb(&conf, FloatDtype::F16);
-                        records.push((name.clone(), record, nbb));
+                        let nbb = box_count(&d, &options);
+                        records.push((name.clone(), uniter_record(&d), nbb));
                     }
                     Err(e) => sink.skip(path, &format!("{e:#}")),
                 }

@@ -11,6 +11,7 @@ mod forward;
 mod index;
 mod inspect;
 mod parity;
+mod photo;
 mod prepare;
 mod pretrain;
 mod rerank;

@@ -63,11 +63,19 @@ pub struct SearchArgs {
     #[command(flatten)]
     pub index: IndexQueryArgs,
     /// Text query (text -> images).
-    #[arg(required_unless_present = "image", conflicts_with = "image")]
+    #[arg(required_unless_present_any = ["image", "photo"], conflicts_with_all = ["image", "photo"])]
     pub query: Option<String>,
     /// Query with an indexed image id instead (image -> captions; needs an index built with --txt-db).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "photo")]
     pub image: Option<String>,
+    /// Query with a photo (JPEG / PNG) instead: its captions and the most similar indexed
+    /// images (needs --detector).
+    #[arg(long, requires = "detector")]
+    pub photo: Option<PathBuf>,
+    /// The BUTD detector for --photo (pytorch_model.bin + config.yaml; the one the index's
+    /// img_db was extracted with).
+    #[arg(long)]
+    pub detector: Option<PathBuf>,
     /// Number of results.
     #[arg(short, long, default_value_t = 10, allow_negative_numbers = true)]
     pub k: i64,
@@ -120,8 +128,41 @@ impl BackendTask for SearchTask<'_> {
     }
 }
 
+struct PhotoTask<'a> {
+    args: &'a SearchArgs,
+    photo: &'a std::path::Path,
+    detector: &'a std::path::Path,
+}
+
+impl BackendTask for PhotoTask<'_> {
+    type Output = Result<lightningdot::retrieval::PhotoResponse>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let pipeline = load_pipeline::<B>(&self.args.model, &self.args.index, device.clone())?;
+        let photo = super::photo::with_detector(pipeline, self.detector, &device)?;
+        super::photo::search_file(&photo, self.photo, self.args.k)
+    }
+}
+
 pub fn run(args: SearchArgs, device: DeviceSpec) -> Result<()> {
     let k = check_k(args.k)?;
+    if args.detector.is_some() && args.photo.is_none() {
+        anyhow::bail!("--detector is for a --photo query");
+    }
+    if let (Some(photo), Some(detector)) = (&args.photo, &args.detector) {
+        let task = PhotoTask {
+            args: &args,
+            photo,
+            detector,
+        };
+        let resp = run_on(device, task)??;
+        if args.json {
+            println!("{}", serde_json::to_string(&resp)?);
+        } else {
+            super::photo::print_tables(&resp);
+        }
+        return Ok(());
+    }
     let query = match (&args.query, &args.image) {
         (_, Some(id)) => Query::Image(id.clone()),
         (Some(q), None) => Query::Text(q.clone()),

@@ -31,6 +31,13 @@ pub struct ServeArgs {
     /// Searches computed at once (default: the number of CPU threads); others wait.
     #[arg(long)]
     pub max_concurrent: Option<usize>,
+    /// Search by photo (POST /search/image, the page's upload control) with this BUTD
+    /// detector (pytorch_model.bin + config.yaml; the one the index's img_db was extracted with).
+    #[arg(long)]
+    pub detector: Option<PathBuf>,
+    /// Largest accepted photo upload, MiB.
+    #[arg(long, default_value_t = 10)]
+    pub max_upload_mb: usize,
 }
 
 struct ServeTask<'a> {
@@ -43,12 +50,20 @@ impl BackendTask for ServeTask<'_> {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let a = self.args;
         let started = std::time::Instant::now();
-        let pipeline = load_pipeline::<B>(&a.model, &a.index, device)?;
+        let pipeline = load_pipeline::<B>(&a.model, &a.index, device.clone())?;
         let summary = pipeline.summary();
-        let service: Arc<dyn SearchService> = Arc::new(pipeline);
         let mut options = ServeOptions {
             images_dir: a.images.clone(),
+            max_upload_bytes: a.max_upload_mb.saturating_mul(1 << 20),
             ..Default::default()
+        };
+        let service: Arc<dyn SearchService> = match &a.detector {
+            Some(dir) => {
+                let photo = Arc::new(super::photo::with_detector(pipeline, dir, &device)?);
+                options.photo = Some(serve::PhotoHandle(photo.clone()));
+                photo
+            }
+            None => Arc::new(pipeline),
         };
         if let Some(n) = a.max_concurrent {
             options.max_concurrent = n.max(1);

@@ -148,6 +148,25 @@ pub struct RegionFeatures {
     pub num_bb: usize,
 }
 
+impl RegionFeatures {
+    /// The encoders' input from `n` stored rows: `features` `[n, IMG_FEAT_DIM]` and `norm_bb`
+    /// `[n, 6]` (`[x1, y1, x2, y2, w, h]`), to which the area `w * h` is appended as the
+    /// reference's `_get_img_feat` does.
+    pub fn from_norm_bb(features: Vec<f32>, norm_bb: &[f32]) -> Self {
+        let n = norm_bb.len() / BB_DIM;
+        let mut boxes = Vec::with_capacity(n * IMG_POS_DIM);
+        for b in norm_bb.chunks_exact(BB_DIM) {
+            boxes.extend_from_slice(b);
+            boxes.push(b[4] * b[5]);
+        }
+        Self {
+            features,
+            boxes,
+            num_bb: n,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Encoding {
     Msgpack,
@@ -337,18 +356,10 @@ impl ImgDb {
             };
             // Python slicing: a record shorter than nbb yields what it has.
             let n = nbb.min(features.rows());
-            let features = features.prefix_f32(n);
-            let bb = norm_bb.prefix_f32(n);
-            let mut boxes = Vec::with_capacity(n * IMG_POS_DIM);
-            for b in bb.chunks_exact(BB_DIM) {
-                boxes.extend_from_slice(b);
-                boxes.push(b[4] * b[5]);
-            }
-            Ok(RegionFeatures {
-                features,
-                boxes,
-                num_bb: n,
-            })
+            Ok(RegionFeatures::from_norm_bb(
+                features.prefix_f32(n),
+                &norm_bb.prefix_f32(n),
+            ))
         })
     }
 

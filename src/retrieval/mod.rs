@@ -8,6 +8,7 @@
 //! | [`build`] | encoding an img_db (and txt_db) into an index |
 //! | [`ann`] | the optional HNSW graph (usearch) for `--ann` |
 //! | [`pipeline`] | encode → candidates → optional re-rank, with per-stage timings |
+//! | [`photo`] | search by photo: detector → image tower → captions and similar images |
 //!
 //! ```no_run
 //! use lightningdot::retrieval::{Pipeline, PipelineOptions, Query, QueryEncoder, StoredIndex};
@@ -25,6 +26,7 @@ pub mod ann;
 pub mod build;
 mod error;
 pub mod format;
+pub mod photo;
 pub mod pipeline;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ pub use ann::AnnIndex;
 pub use build::{BuildOptions, BuildReport, build_index, model_info};
 pub use error::{ErrorClass, RetrievalError};
 pub use format::{AnnInfo, IndexMeta, StoredIndex, VectorDtype};
+pub use photo::{PhotoError, PhotoPipeline, PhotoResponse, PhotoService};
 pub use pipeline::{
     CandidateMode, Caption, IndexSummary, MAX_K, MAX_QUERY_CHARS, Pipeline, PipelineOptions, Query,
     QueryEncoder, Reranker, ResultHit, SearchResponse, SearchService, StageTimings, check_k,

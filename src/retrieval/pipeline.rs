@@ -225,6 +225,12 @@ impl<B: Backend> QueryEncoder<B> {
     pub fn encode_ids(&self, ids: &[u32]) -> Vec<f32> {
         encode_texts(&self.model, &collate_texts(&[ids]), &self.device)
     }
+
+    /// The image tower's vectors of a batch of region features (a search by photo),
+    /// row-major `[batch, dim]`.
+    pub fn encode_regions(&self, batch: &crate::data::ImageBatch) -> Vec<f32> {
+        crate::encode::encode_images(&self.model, batch, &self.device)
+    }
 }
 
 /// Candidate search over the stored image rows, uploading each chunk from the mapping.
@@ -458,6 +464,33 @@ impl<B: Backend> Pipeline<B> {
             },
             reranker: self.reranker.as_ref().map(|r| r.name().to_string()),
         })
+    }
+
+    /// The best `k` captions and the `k` most similar indexed images for an image vector made
+    /// outside the index (a search by photo): both by dot product, captions decorated as an
+    /// image query's results, images as a text query's (with their captions).
+    pub fn nearest_to_image(
+        &self,
+        vector: &[f32],
+        k: usize,
+    ) -> Result<(Vec<ResultHit>, Vec<ResultHit>), RetrievalError> {
+        check_k(k as i64)?;
+        let texts = match &self.texts {
+            Some(t) => t.search(vector, k).pop().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let as_image = Query::Image(String::new());
+        let captions = texts
+            .iter()
+            .map(|h| self.decorate(&as_image, &self.index.text_ids()[h.index], *h, None))
+            .collect();
+        let as_text = Query::Text(String::new());
+        let images = self
+            .image_candidates(vector, k)?
+            .into_iter()
+            .map(|h| self.decorate(&as_text, &self.index.image_ids()[h.index], h, None))
+            .collect();
+        Ok((captions, images))
     }
 
     /// The first `depth` image rows for a query vector.

@@ -68,6 +68,12 @@ pub struct Metrics {
     first_stage: Histogram,
     /// The cross-encoder re-scoring the top-K (only searches with a re-ranker).
     rerank: Histogram,
+    /// Whole-request latency of POST /search/image.
+    photo_latency: Histogram,
+    /// Search by photo: decode + detector, the image tower, the dot products.
+    detector: Histogram,
+    image_encode: Histogram,
+    photo_candidates: Histogram,
     in_flight: AtomicU64,
 }
 
@@ -95,6 +101,18 @@ impl Metrics {
     pub fn observe_rerank(&self, rerank_ms: f64) {
         self.rerank
             .observe(Duration::from_secs_f64(rerank_ms / 1e3));
+    }
+
+    pub fn observe_photo_search(&self, d: Duration) {
+        self.photo_latency.observe(d);
+    }
+
+    /// Stage times of one successful photo search (milliseconds).
+    pub fn observe_photo(&self, detector_ms: f64, encode_ms: f64, candidates_ms: f64) {
+        let s = |ms: f64| Duration::from_secs_f64(ms / 1e3);
+        self.detector.observe(s(detector_ms));
+        self.image_encode.observe(s(encode_ms));
+        self.photo_candidates.observe(s(candidates_ms));
     }
 
     pub fn enter(&self) {
@@ -149,6 +167,23 @@ impl Metrics {
             "stage=\"rerank\"",
             &mut out,
         );
+        for (stage, h) in [
+            ("detector", &self.detector),
+            ("image_encode", &self.image_encode),
+            ("photo_candidates", &self.photo_candidates),
+        ] {
+            h.render(
+                "lightningdot_stage_duration_seconds",
+                &format!("stage=\"{stage}\""),
+                &mut out,
+            );
+        }
+        out.push_str(
+            "# HELP lightningdot_photo_search_duration_seconds POST /search/image latency (all outcomes).\n",
+        );
+        out.push_str("# TYPE lightningdot_photo_search_duration_seconds histogram\n");
+        self.photo_latency
+            .render("lightningdot_photo_search_duration_seconds", "", &mut out);
         out.push_str("# HELP lightningdot_searches_in_flight Searches being answered now.\n");
         out.push_str("# TYPE lightningdot_searches_in_flight gauge\n");
         let _ = writeln!(

@@ -7,11 +7,13 @@
 //! | `GET /metrics` | Prometheus text: requests by route and status, latency histograms |
 //! | `GET /` | a search page (embedded; `/?q=TEXT` or `/?image=ID` runs a query on load) |
 //! | `GET /thumbnails/{id}` | the JPEG of an indexed image from `--images DIR` |
+//! | `POST /search/image?k=10` | an uploaded JPEG / PNG → captions and similar images ([`photo`], `--detector`) |
 //!
 //! Bad requests get a 4xx and `{"error": "one line"}`. Searches run on tokio's blocking pool,
 //! at most `max_concurrent` at once (the rest wait), so the async workers stay responsive.
 
 pub mod metrics;
+pub mod photo;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use tokio::sync::Semaphore;
 
 use crate::retrieval::{ErrorClass, Query, RetrievalError, SearchService, check_k};
 pub use metrics::Metrics;
+pub use photo::PhotoHandle;
 
 /// The page served at `/`.
 pub const PAGE: &str = include_str!("page.html");
@@ -46,6 +49,10 @@ pub struct ServeOptions {
     pub images_dir: Option<PathBuf>,
     /// Searches computed at once; more wait their turn.
     pub max_concurrent: usize,
+    /// Search by photo (`POST /search/image`), when a detector is loaded.
+    pub photo: Option<PhotoHandle>,
+    /// Largest accepted photo upload, bytes.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -53,6 +60,8 @@ impl Default for ServeOptions {
         Self {
             images_dir: None,
             max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            photo: None,
+            max_upload_bytes: photo::DEFAULT_MAX_UPLOAD,
         }
     }
 }
@@ -63,6 +72,8 @@ pub struct AppState {
     metrics: Metrics,
     images_dir: Option<PathBuf>,
     permits: Semaphore,
+    photo: Option<PhotoHandle>,
+    max_upload: usize,
 }
 
 impl AppState {
@@ -78,12 +89,15 @@ pub fn router(service: Arc<dyn SearchService>, options: ServeOptions) -> Router 
         metrics: Metrics::default(),
         images_dir: options.images_dir,
         permits: Semaphore::new(options.max_concurrent.max(1)),
+        photo: options.photo,
+        max_upload: options.max_upload_bytes,
     });
     Router::new()
         .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/search", post(search))
+        .route("/search/image", post(photo::search_image))
         .route("/thumbnails/{id}", get(thumbnail))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -195,6 +209,7 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         "/search" => "/search",
+        "/search/image" => "/search/image",
         p if p.starts_with("/thumbnails/") => "/thumbnails",
         _ => "other",
     }
@@ -207,6 +222,9 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
     state.metrics.record_request(route, res.status().as_u16());
     if route == "/search" {
         state.metrics.observe_search(started.elapsed());
+    }
+    if route == "/search/image" {
+        state.metrics.observe_photo_search(started.elapsed());
     }
     res
 }
@@ -229,6 +247,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "ann": s.ann,
         "reranker": s.reranker,
         "thumbnails": state.images_dir.is_some(),
+        "photo": state.photo.is_some(),
     }))
     .into_response()
 }

@@ -12,6 +12,7 @@ mod boxes;
 mod config;
 mod postprocess;
 mod preprocess;
+mod random;
 mod roi;
 mod rpn;
 
