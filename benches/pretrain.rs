@@ -164,7 +164,7 @@ fn host_batch(task: PretrainTask, s: &Shape, vocab: usize) -> PretrainHostBatch 
                 }
             }
         }
-        PretrainTask::Mrfr | PretrainTask::MrcKl | PretrainTask::Mrc => {
+        PretrainTask::Mrfr | PretrainTask::Mrckl | PretrainTask::Mrc => {
             let mut masks = vec![0i64; b * n];
             let mut targets = Vec::new();
             for r in 0..b {

@@ -33,6 +33,7 @@ pub mod forward;
 pub mod fsio;
 pub mod model;
 pub mod pretrain;
+pub mod pretrain_task;
 pub mod progress;
 pub mod region_dims;
 pub mod regions;

@@ -157,7 +157,7 @@ fn pretraining_export_round_trips() {
     let device = Default::default();
     for task in PretrainTask::ALL {
         let file = match task {
-            PretrainTask::MrcKl => "mrc",
+            PretrainTask::Mrckl => "mrc",
             t => t.name(),
         };
         let path = fixtures().join(format!("pretrain/batch/{file}.safetensors"));

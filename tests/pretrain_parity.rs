@@ -51,7 +51,7 @@ fn model<B: Backend>() -> (BiEncoderForPretraining<B>, BiEncoderConfig) {
 
 fn batch(task: PretrainTask, cfg: &BiEncoderConfig) -> PretrainHostBatch {
     let file = match task {
-        PretrainTask::MrcKl => "mrc",
+        PretrainTask::Mrckl => "mrc",
         t => t.name(),
     };
     let f = TensorFile::open(&pretrain_dir().join(format!("batch/{file}.safetensors"))).unwrap();

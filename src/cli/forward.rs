@@ -53,7 +53,7 @@ impl Task {
             Task::Biencoder | Task::UniterItm | Task::Detector => None,
             Task::Mlm => Some(PretrainTask::Mlm),
             Task::Mrfr => Some(PretrainTask::Mrfr),
-            Task::Mrckl => Some(PretrainTask::MrcKl),
+            Task::Mrckl => Some(PretrainTask::Mrckl),
             Task::Mrc => Some(PretrainTask::Mrc),
             Task::Itm => Some(PretrainTask::Itm),
         }

@@ -93,67 +93,7 @@ impl FromStr for ClsConcat {
     }
 }
 
-/// A pre-training objective (`task` of pretrain.py; `mrc` is not in the released config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PretrainTask {
-    /// VMLM: the text tower predicts masked words.
-    Mlm,
-    /// SMRM feature regression.
-    Mrfr,
-    /// SMRM classification against the detector's soft labels (KL).
-    MrcKl,
-    /// SMRM classification against the soft labels' arg-max (cross-entropy).
-    Mrc,
-    /// CMR: in-batch contrastive retrieval.
-    Itm,
-}
-
-impl PretrainTask {
-    pub const ALL: [PretrainTask; 5] = [
-        PretrainTask::Mlm,
-        PretrainTask::Mrfr,
-        PretrainTask::MrcKl,
-        PretrainTask::Mrc,
-        PretrainTask::Itm,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            PretrainTask::Mlm => "mlm",
-            PretrainTask::Mrfr => "mrfr",
-            PretrainTask::MrcKl => "mrckl",
-            PretrainTask::Mrc => "mrc",
-            PretrainTask::Itm => "itm",
-        }
-    }
-
-    /// Whether the batch masks regions (`img_masks`) rather than words.
-    pub fn masks_regions(self) -> bool {
-        matches!(
-            self,
-            PretrainTask::Mrfr | PretrainTask::MrcKl | PretrainTask::Mrc
-        )
-    }
-}
-
-impl fmt::Display for PretrainTask {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for PretrainTask {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PretrainTask::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| {
-                format!("unknown pre-training task {s:?} (expected mlm, mrfr, mrckl, mrc or itm)")
-            })
-    }
-}
+pub use crate::pretrain_task::PretrainTask;
 
 /// `BertOnlyMLMHead` without its decoder weight: `LN(gelu(dense(x))) · E_imgᵀ + bias`.
 #[derive(Module, Debug)]
@@ -518,7 +458,7 @@ impl<B: Backend> BiEncoderForPretraining<B> {
                     correct: None,
                 }
             }
-            PretrainTask::MrcKl | PretrainTask::Mrc => {
+            PretrainTask::Mrckl | PretrainTask::Mrc => {
                 let pos = required(&input.masked_positions, "masked positions", task);
                 let soft = required(&input.label_targets, "soft-label targets", task);
                 let h = self.mrm_hidden(input, pos, mode);
@@ -526,7 +466,7 @@ impl<B: Backend> BiEncoderForPretraining<B> {
                 let [s, _] = logits.dims();
                 let hard = mrc_targets(soft.clone());
                 let correct = Some(correct_count(logits.clone(), hard.clone()));
-                let loss = if task == PretrainTask::MrcKl {
+                let loss = if task == PretrainTask::Mrckl {
                     kl_elementwise(logits, soft).mean()
                 } else {
                     cross_entropy(logits, hard).mean()

@@ -77,7 +77,7 @@ impl PretrainHostBatch {
                 batch.masked_positions = positions(&labels.values, |v| v != -1);
                 batch.mlm_targets = labels.values.into_iter().filter(|&v| v != -1).collect();
             }
-            PretrainTask::Mrfr | PretrainTask::MrcKl | PretrainTask::Mrc => {
+            PretrainTask::Mrfr | PretrainTask::Mrckl | PretrainTask::Mrc => {
                 batch.img_masks = Some(file.i64("imgs.img_masks")?);
                 let tgt = file.i64("img_mask_tgt")?;
                 check_shape(

@@ -25,20 +25,9 @@ use crate::data::pretrain::{
     collate_pretrain,
 };
 use crate::data::{DataError, ImgDb, ImgDbOptions, TxtDb};
-use crate::model;
+
 use crate::tensor_io::HostTensor;
 use crate::train::data::SplitMix64;
-
-/// The model's name of a data-layer task.
-pub fn model_task(t: PretrainTask) -> model::PretrainTask {
-    match t {
-        PretrainTask::Mlm => model::PretrainTask::Mlm,
-        PretrainTask::Mrfr => model::PretrainTask::Mrfr,
-        PretrainTask::Mrc => model::PretrainTask::Mrc,
-        PretrainTask::Mrckl => model::PretrainTask::MrcKl,
-        PretrainTask::Itm => model::PretrainTask::Itm,
-    }
-}
 
 /// A seed for `(seed, a, b, c)`.
 fn derive(seed: u64, a: u64, b: u64, c: u64) -> u64 {
@@ -153,10 +142,10 @@ pub fn host_batch(b: &PretrainBatch) -> PretrainHostBatch {
         shape,
         values: values.to_vec(),
     };
-    let task = model_task(b.task);
+    let task = b.task;
     let masked = match task {
-        model::PretrainTask::Mlm => b.masked_text_positions.clone(),
-        model::PretrainTask::Itm => Vec::new(),
+        PretrainTask::Mlm => b.masked_text_positions.clone(),
+        PretrainTask::Itm => Vec::new(),
         _ => b.masked_region_positions.clone(),
     };
     let s = masked.len();
@@ -165,11 +154,11 @@ pub fn host_batch(b: &PretrainBatch) -> PretrainHostBatch {
         input_ids: t(&b.txts.input_ids, vec![rows, len]),
         attention_mask: t(&b.txts.attention_mask, vec![rows, len]),
         img_feat: HostTensor {
-            shape: vec![rows, n, crate::model::IMG_FEAT_DIM],
+            shape: vec![rows, n, crate::region_dims::IMG_FEAT_DIM],
             values: b.imgs.img_feat.clone(),
         },
         img_pos_feat: HostTensor {
-            shape: vec![rows, n, crate::model::IMG_POS_DIM],
+            shape: vec![rows, n, crate::region_dims::IMG_POS_DIM],
             values: b.imgs.img_pos_feat.clone(),
         },
         img_attention_mask: t(&b.imgs.attention_mask, vec![rows, n + 1]),
@@ -180,7 +169,7 @@ pub fn host_batch(b: &PretrainBatch) -> PretrainHostBatch {
         masked_positions: masked,
         mlm_targets: b.mlm_targets.clone(),
         feat_targets: b.feat_targets.as_ref().map(|v| HostTensor {
-            shape: vec![s, crate::model::IMG_FEAT_DIM],
+            shape: vec![s, crate::region_dims::IMG_FEAT_DIM],
             values: v.clone(),
         }),
         label_targets: b.label_targets.as_ref().map(|v| HostTensor {
@@ -334,8 +323,8 @@ impl TrainData {
     }
 
     /// The model task of stream `i`.
-    pub fn stream_task(&self, i: usize) -> model::PretrainTask {
-        model_task(self.streams[i].task)
+    pub fn stream_task(&self, i: usize) -> PretrainTask {
+        self.streams[i].task
     }
 
     /// Items per stream's corpus (for logs).
@@ -439,7 +428,7 @@ impl ValSet {
     /// Every validation batch of this set, task by task.
     pub fn batches(
         &self,
-    ) -> impl Iterator<Item = Result<(model::PretrainTask, PretrainHostBatch), PretrainError>> + '_
+    ) -> impl Iterator<Item = Result<(PretrainTask, PretrainHostBatch), PretrainError>> + '_
     {
         self.tasks
             .iter()
@@ -448,7 +437,7 @@ impl ValSet {
                 batches.iter().enumerate().map(move |(b, idx)| {
                     let mut rng = PyRandom::seed(derive(self.seed, 2000 + t as u64, b as u64, 7));
                     let batch = self.corpus.batch(*task, idx, &mut rng)?;
-                    Ok((model_task(*task), host_batch(&batch)))
+                    Ok((*task, host_batch(&batch)))
                 })
             })
     }

@@ -72,7 +72,7 @@ pub fn task_outputs<B: Backend>(
                 push(format!("mlm.{m}.loss_task"), host(o.loss_task));
             }
         }
-        PretrainTask::Mrfr | PretrainTask::MrcKl | PretrainTask::Mrc => {
+        PretrainTask::Mrfr | PretrainTask::Mrckl | PretrainTask::Mrc => {
             let pos = input
                 .masked_positions
                 .clone()

@@ -597,11 +597,7 @@ pub fn run<B: AutodiffBackend>(
         t
     };
     let val_tasks: Vec<PretrainTask> = {
-        let mut t: Vec<PretrainTask> = s
-            .val
-            .iter()
-            .flat_map(|v| v.tasks.iter().map(|&t| super::data::model_task(t)))
-            .collect();
+        let mut t: Vec<PretrainTask> = s.val.iter().flat_map(|v| v.tasks.iter().copied()).collect();
         t.sort();
         t.dedup();
         t
