@@ -57,28 +57,40 @@ pub struct EvalJob {
 #[derive(Debug, thiserror::Error)]
 pub enum EvalJobError {
     #[error(transparent)]
-    Config(#[from] EvalError),
+    Config(Box<EvalError>),
     #[error("loading {path}: {source}")]
-    Load { path: String, source: ConvertError },
+    Load {
+        path: String,
+        source: Box<ConvertError>,
+    },
     #[error("loading re-ranker {path}: {source}")]
-    LoadReranker { path: String, source: ConvertError },
+    LoadReranker {
+        path: String,
+        source: Box<ConvertError>,
+    },
     #[error("{split} split of {config}: {source}")]
     Open {
         split: &'static str,
         config: String,
-        source: EvalError,
+        source: Box<EvalError>,
     },
     #[error("{split} split: {source}")]
     Encode {
         split: &'static str,
-        source: EvalError,
+        source: Box<EvalError>,
     },
     #[error("{split} split: {what}: {source}")]
     Rerank {
         split: &'static str,
         what: &'static str,
-        source: RerankError,
+        source: Box<RerankError>,
     },
+}
+
+impl From<EvalError> for EvalJobError {
+    fn from(e: EvalError) -> Self {
+        Self::Config(Box::new(e))
+    }
 }
 
 /// Named tensors and their metadata, for a safetensors file.
@@ -194,7 +206,7 @@ pub fn run_eval<B: Backend>(
             open_split(split, &job.config).map_err(|source| EvalJobError::Open {
                 split: name,
                 config: job.config_path.display().to_string(),
-                source,
+                source: Box::new(source),
             })?;
         let prefix = if multi {
             format!("{name}.")
@@ -204,7 +216,7 @@ pub fn run_eval<B: Backend>(
         let rerank_err = |what, source| EvalJobError::Rerank {
             split: name,
             what,
-            source,
+            source: Box::new(source),
         };
         let pairs = match &cross {
             Some(_) => Some(SplitPairs::new(&txt_db, &img_db).map_err(|e| rerank_err("pairs", e))?),
@@ -229,7 +241,7 @@ pub fn run_eval<B: Backend>(
                 embed_split(model, &txt_db, &img_db, job.batch_size, device).map_err(|source| {
                     EvalJobError::Encode {
                         split: name,
-                        source,
+                        source: Box::new(source),
                     }
                 })?;
             let encode_s = started.elapsed().as_secs_f64();
@@ -329,7 +341,7 @@ fn load_model<B: Backend>(
 ) -> Result<BiEncoder<B>, EvalJobError> {
     let (model, cfg, _) = source.load::<B>(device).map_err(|e| EvalJobError::Load {
         path: source.checkpoint.display().to_string(),
-        source: e,
+        source: Box::new(e),
     })?;
     tracing::info!(
         "model: project_dim {}, image tower {} layers, text tower {} layers",
@@ -349,7 +361,7 @@ fn load_cross_encoder<B: Backend>(
         .load::<B>(device)
         .map_err(|e| EvalJobError::LoadReranker {
             path: spec.source.checkpoint.display().to_string(),
-            source: e,
+            source: Box::new(e),
         })?;
     tracing::info!(
         "re-ranker: UNITER hidden {}, {} layers",

@@ -105,10 +105,7 @@ fn index_files_are_documented_format_and_memory_mapped() {
     // The box selection is recorded (a re-ranker reads the same regions); indexes written
     // before it was recorded still load.
     let selection = meta.images.selection.expect("box selection recorded");
-    assert_eq!(
-        lightningdot::data::ImgDbOptions::from(selection),
-        lightningdot::data::ImgDbOptions::default()
-    );
+    assert_eq!(selection, lightningdot::data::ImgDbOptions::default());
     let mut old = serde_json::to_value(meta).unwrap();
     old["images"].as_object_mut().unwrap().remove("selection");
     let old: IndexMeta = serde_json::from_value(old).unwrap();

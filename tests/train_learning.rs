@@ -35,7 +35,7 @@ fn learns_from_chance_to_recall_above_0_9() {
         "dev",
         &s.dev.txt_db,
         &s.dev.img_db,
-        s.img_db.into(),
+        s.img_db,
         64,
         Default::default(),
     )

@@ -149,7 +149,7 @@ impl TrainTask for Demo<'_> {
             "test",
             &split.txt_db,
             &split.img_db,
-            s.img_db.into(),
+            s.img_db,
             64,
             Default::default(),
         )?;
@@ -179,7 +179,7 @@ impl TrainTask for Demo<'_> {
             ..Default::default()
         }
         .load::<B::InnerBackend>(&device)?;
-        let img_db = ImgDb::open(&split.img_db, s.img_db.into())?;
+        let img_db = ImgDb::open(&split.img_db, s.img_db)?;
         let txt_db = TxtDb::open(&split.txt_db)?;
         let report = build_index(
             &model,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
 use clap::Args;
 use lightningdot::conversion::{LoadOptions, UniterSource};
-use lightningdot::data::{ImgDb, ImgDbOptions, TxtDb};
+use lightningdot::data::{ImgDb, TxtDb};
 use lightningdot::rerank::{CrossEncoder, DEFAULT_BATCH, UniterReranker};
 use lightningdot::retrieval::Pipeline;
 use lightningdot::retrieval::pipeline::DEFAULT_RERANK_DEPTH;
@@ -69,7 +69,6 @@ impl RerankArgs {
         let options = meta
             .images
             .selection
-            .map(ImgDbOptions::from)
             .unwrap_or_default();
         let img_db = ImgDb::open(&img_db, options)
             .with_context(|| "re-ranker region features (--img-db)")?;

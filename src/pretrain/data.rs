@@ -268,7 +268,7 @@ impl TrainData {
                 let parts = d
                     .dbs
                     .iter()
-                    .map(|p| cache.dataset(&p.txt_db, &p.img_db, s.img_db.into(), options))
+                    .map(|p| cache.dataset(&p.txt_db, &p.img_db, s.img_db, options))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Arc::new(Corpus::new(parts)))
             })
@@ -395,7 +395,7 @@ impl ValSet {
         };
         let mut out = Vec::new();
         for (v, d) in s.val.iter().enumerate() {
-            let ds = cache.dataset(&d.db.txt_db, &d.db.img_db, s.img_db.into(), options)?;
+            let ds = cache.dataset(&d.db.txt_db, &d.db.img_db, s.img_db, options)?;
             let corpus = Corpus::new(vec![ds]);
             let mut tasks = Vec::new();
             for (t, &task) in d.tasks.iter().enumerate() {
@@ -428,8 +428,7 @@ impl ValSet {
     /// Every validation batch of this set, task by task.
     pub fn batches(
         &self,
-    ) -> impl Iterator<Item = Result<(PretrainTask, PretrainHostBatch), PretrainError>> + '_
-    {
+    ) -> impl Iterator<Item = Result<(PretrainTask, PretrainHostBatch), PretrainError>> + '_ {
         self.tasks
             .iter()
             .enumerate()

@@ -329,12 +329,12 @@ pub fn run<B: AutodiffBackend>(
     let error: ErrorSlot = Arc::default();
 
     let t = Instant::now();
-    let set = Arc::new(TrainSet::open(&s.train, s.img_db.into(), s.max_txt_len)?);
+    let set = Arc::new(TrainSet::open(&s.train, s.img_db, s.max_txt_len)?);
     let dev = Arc::new(EvalSplit::open(
         "dev",
         &s.dev.txt_db,
         &s.dev.img_db,
-        s.img_db.into(),
+        s.img_db,
         s.valid_batch_size,
         error.clone(),
     )?);
@@ -467,7 +467,7 @@ pub fn run<B: AutodiffBackend>(
             "test",
             &t.txt_db,
             &t.img_db,
-            s.img_db.into(),
+            s.img_db,
             s.valid_batch_size,
             error.clone(),
         )?;
