@@ -66,10 +66,7 @@ impl RerankArgs {
             .clone()
             .or_else(|| meta.texts.as_ref().map(|t| PathBuf::from(&t.txt_db)));
         // The regions the index was built from (older indexes: the defaults).
-        let options = meta
-            .images
-            .selection
-            .unwrap_or_default();
+        let options = meta.images.selection.unwrap_or_default();
         let img_db = ImgDb::open(&img_db, options)
             .with_context(|| "re-ranker region features (--img-db)")?;
         let txt_db = txt_db

@@ -22,7 +22,7 @@ use super::config::PretrainSettings;
 use crate::data::pretrain::{
     BUCKET_SIZE, PretrainBatch, PretrainDataOptions, PretrainDataset, PretrainItem, PretrainTask,
     PyRandom, PyRandomState, SIZE_MULTIPLE, TaskMixture, TaskSchedule, TokenBucketSampler,
-    collate_pretrain,
+    collate_indices,
 };
 use crate::data::{DataError, ImgDb, ImgDbOptions, TxtDb};
 
@@ -127,11 +127,7 @@ impl Corpus {
         indices: &[usize],
         rng: &mut PyRandom,
     ) -> Result<PretrainBatch, DataError> {
-        let items = indices
-            .iter()
-            .map(|&i| self.item(task, i, rng))
-            .collect::<Result<Vec<_>, _>>()?;
-        collate_pretrain(task, &items)
+        collate_indices(task, indices, |i| self.item(task, i, rng))
     }
 }
 

@@ -117,6 +117,20 @@ impl PretrainBatch {
     }
 }
 
+/// Items `indices` in order (the reference's `[dataset[i] for i in batch]`), each made by
+/// `item` (which draws its masks), collated.
+pub fn collate_indices(
+    task: PretrainTask,
+    indices: &[usize],
+    mut item: impl FnMut(usize) -> Result<PretrainItem, DataError>,
+) -> Result<PretrainBatch, DataError> {
+    let items = indices
+        .iter()
+        .map(|&i| item(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    collate_pretrain(task, &items)
+}
+
 /// Pads `items` (built by [`PretrainDataset::item`](super::PretrainDataset::item) for `task`)
 /// into a batch. Fails on an empty list or items lacking what the task needs (labels, masks,
 /// soft labels) or whose sizes disagree.

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::collate::{PretrainBatch, PretrainItem, collate_pretrain};
+use super::collate::{PretrainBatch, PretrainItem, collate_indices};
 use super::masking::{img_mask, random_word};
 use super::pyrandom::PyRandom;
 use super::task::PretrainTask;
@@ -228,10 +228,6 @@ impl PretrainDataset {
         indices: &[usize],
         rng: &mut PyRandom,
     ) -> Result<PretrainBatch, DataError> {
-        let items = indices
-            .iter()
-            .map(|&i| self.item(task, i, rng))
-            .collect::<Result<Vec<_>, _>>()?;
-        collate_pretrain(task, &items)
+        collate_indices(task, indices, |i| self.item(task, i, rng))
     }
 }

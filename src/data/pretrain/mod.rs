@@ -27,7 +27,7 @@ pub mod sampler;
 pub mod task;
 
 pub use collate::PretrainItem;
-pub use collate::{IMG_INPUT_ID, PretrainBatch, collate_pretrain};
+pub use collate::{IMG_INPUT_ID, PretrainBatch, collate_indices, collate_pretrain};
 pub use dataset::{PretrainDataOptions, PretrainDataset};
 pub use masking::{IGNORE_LABEL, MLM_PROB, img_mask, random_word};
 pub use mixture::{TaskMixture, TaskSchedule};
