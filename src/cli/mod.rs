@@ -16,6 +16,7 @@ mod pretrain;
 mod rerank;
 mod search;
 mod serve;
+mod store;
 mod train;
 
 use std::io::IsTerminal;

@@ -8,6 +8,7 @@
 //! | [`build`] | encoding an img_db (and txt_db) into an index |
 //! | [`ann`] | the optional HNSW graph (usearch) for `--ann` |
 //! | [`pipeline`] | encode → candidates → optional re-rank, with per-stage timings |
+//! | [`store`] | where the candidates come from: the index directory, or Milvus (feature `milvus`) |
 //!
 //! ```no_run
 //! use lightningdot::retrieval::{Pipeline, PipelineOptions, Query, QueryEncoder, StoredIndex};
@@ -26,6 +27,7 @@ pub mod build;
 mod error;
 pub mod format;
 pub mod pipeline;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +38,10 @@ pub use format::{AnnInfo, BoxSelection, IndexMeta, StoredIndex, VectorDtype};
 pub use pipeline::{
     CandidateMode, Caption, IndexSummary, MAX_K, MAX_QUERY_CHARS, Pipeline, PipelineOptions, Query,
     QueryEncoder, Reranker, ResultHit, SearchResponse, SearchService, StageTimings, check_k,
+};
+pub use store::{
+    DirStore, MilvusIndex, MilvusIndexKind, MilvusSearchParams, MilvusUrl, StoreCounts,
+    StoreHealth, VectorStore,
 };
 
 use crate::conversion::{ModelDir, VOCAB_FILES};
