@@ -63,6 +63,96 @@ pub fn model_info(checkpoint: &Path, cfg: &BiEncoderConfig) -> ModelInfo {
     }
 }
 
+/// Receives each encoded batch: its rows and their vectors, row-major.
+pub type BatchSink<'a> = dyn FnMut(&[usize], &[f32]) -> Result<(), RetrievalError> + 'a;
+
+/// Encodes the images at positions `rows` of `img_db.names()`, `batch` per forward pass,
+/// largest box counts first (padding is masked, so grouping by size only saves work), and hands
+/// each batch to `sink`.
+pub fn encode_image_rows<B: Backend>(
+    model: &BiEncoder<B>,
+    img_db: &ImgDb,
+    rows: &[usize],
+    batch: usize,
+    device: &B::Device,
+    sink: &mut BatchSink<'_>,
+) -> Result<(), RetrievalError> {
+    let names = img_db.names();
+    let nbb: Vec<usize> = rows
+        .iter()
+        .map(|&i| img_db.num_bb(&names[i]))
+        .collect::<Result<_, _>>()?;
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(nbb[i]));
+    let order: Vec<usize> = order.into_iter().map(|i| rows[i]).collect();
+    let pb = bar(rows.len(), "images");
+    for chunk in order.chunks(batch.max(1)) {
+        let batch_names: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
+        let v = encode_images(model, &image_batch(img_db, &batch_names)?, device);
+        sink(chunk, &v)?;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// A txt_db's captions in its order, tokenized as the text tower reads them.
+#[derive(Debug, Clone, Default)]
+pub struct CaptionRecords {
+    pub ids: Vec<String>,
+    pub raw: Vec<Option<String>>,
+    /// Each caption's image name.
+    pub image: Vec<String>,
+    /// `[CLS] … [SEP]` token ids.
+    pub tokens: Vec<Vec<u32>>,
+    /// Captions whose image `img_db` does not hold.
+    pub without_image: usize,
+}
+
+/// Reads every caption of `db` (and counts those whose image `img_db` lacks).
+pub fn read_captions(db: &TxtDb, img_db: &ImgDb) -> Result<CaptionRecords, RetrievalError> {
+    let (cls, sep) = (db.meta().cls, db.meta().sep);
+    let mut out = CaptionRecords::default();
+    for id in db.ids() {
+        let rec = db.get(id)?;
+        let mut t = Vec::with_capacity(rec.input_ids.len() + 2);
+        t.push(cls);
+        t.extend_from_slice(&rec.input_ids);
+        t.push(sep);
+        out.tokens.push(t);
+        out.ids.push(id.clone());
+        out.raw.push(rec.raw);
+        if !img_db.contains(&rec.img_fname)? {
+            out.without_image += 1;
+        }
+        out.image.push(rec.img_fname);
+    }
+    Ok(out)
+}
+
+/// Encodes the captions at positions `rows` of `tokens`, `batch` per pass, longest first, and
+/// hands each batch to `sink`.
+pub fn encode_text_rows<B: Backend>(
+    model: &BiEncoder<B>,
+    tokens: &[Vec<u32>],
+    rows: &[usize],
+    batch: usize,
+    device: &B::Device,
+    sink: &mut BatchSink<'_>,
+) -> Result<(), RetrievalError> {
+    let mut order = rows.to_vec();
+    order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
+    let pb = bar(rows.len(), "captions");
+    for chunk in order.chunks(batch.max(1)) {
+        let batch_rows: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
+        let v = encode_texts(model, &collate_texts(&batch_rows), device);
+        sink(chunk, &v)?;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
 /// Encodes every image of `img_db` (and every caption of `txt_db`) and writes the index to
 /// `out` atomically. Batches are formed by size (padding is masked, so this only saves work);
 /// rows keep the dbs' order: `img_db.names()` and the txt_db's id2len order.
@@ -86,18 +176,10 @@ pub fn build_index<B: Backend>(
     }
 
     let started = Instant::now();
-    let nbb: Vec<usize> = names
-        .iter()
-        .map(|n| img_db.num_bb(n))
-        .collect::<Result<_, _>>()?;
-    let mut order: Vec<usize> = (0..names.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(nbb[i]));
     let mut dim = 0;
     let mut images: Vec<f32> = Vec::new();
-    let pb = bar(names.len(), "images");
-    for chunk in order.chunks(batch) {
-        let batch_names: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
-        let v = encode_images(model, &image_batch(img_db, &batch_names)?, device);
+    let all: Vec<usize> = (0..names.len()).collect();
+    encode_image_rows(model, img_db, &all, batch, device, &mut |chunk, v| {
         if dim == 0 {
             dim = v.len() / chunk.len();
             images = vec![0f32; names.len() * dim];
@@ -105,9 +187,8 @@ pub fn build_index<B: Backend>(
         for (row, &i) in v.chunks(dim).zip(chunk) {
             images[i * dim..(i + 1) * dim].copy_from_slice(row);
         }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
+        Ok(())
+    })?;
     report.image_seconds = started.elapsed().as_secs_f64();
     report.images = names.len();
     report.dim = dim;
@@ -115,38 +196,22 @@ pub fn build_index<B: Backend>(
     let (texts, text_section, captions) = match txt_db {
         Some(db) => {
             let started = Instant::now();
-            let (cls, sep) = (db.meta().cls, db.meta().sep);
-            let mut ids = Vec::with_capacity(db.len());
-            let mut raw = Vec::with_capacity(db.len());
-            let mut image = Vec::with_capacity(db.len());
-            let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(db.len());
-            for id in db.ids() {
-                let rec = db.get(id)?;
-                let mut t = Vec::with_capacity(rec.input_ids.len() + 2);
-                t.push(cls);
-                t.extend_from_slice(&rec.input_ids);
-                t.push(sep);
-                tokens.push(t);
-                ids.push(id.clone());
-                raw.push(rec.raw);
-                if !img_db.contains(&rec.img_fname)? {
-                    report.captions_without_image += 1;
-                }
-                image.push(rec.img_fname);
-            }
-            let mut order: Vec<usize> = (0..tokens.len()).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
+            let CaptionRecords {
+                ids,
+                raw,
+                image,
+                tokens,
+                without_image,
+            } = read_captions(db, img_db)?;
+            report.captions_without_image = without_image;
             let mut texts = vec![0f32; tokens.len() * dim];
-            let pb = bar(tokens.len(), "captions");
-            for chunk in order.chunks(batch) {
-                let rows: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
-                let v = encode_texts(model, &collate_texts(&rows), device);
+            let all: Vec<usize> = (0..tokens.len()).collect();
+            encode_text_rows(model, &tokens, &all, batch, device, &mut |chunk, v| {
                 for (row, &i) in v.chunks(dim).zip(chunk) {
                     texts[i * dim..(i + 1) * dim].copy_from_slice(row);
                 }
-                pb.inc(chunk.len() as u64);
-            }
-            pb.finish_and_clear();
+                Ok(())
+            })?;
             report.text_seconds = started.elapsed().as_secs_f64();
             report.texts = ids.len();
             let known: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
