@@ -131,7 +131,9 @@ pub fn main() -> ExitCode {
     // by `index` itself (clap cannot make a flattened argument optional for one command).
     let command = <Cli as clap::CommandFactory>::command().mut_subcommand("index", |c| {
         c.mut_arg("checkpoint", |a| {
-            a.required(false).default_value("-").hide_default_value(true)
+            a.required(false)
+                .default_value("-")
+                .hide_default_value(true)
         })
     });
     let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches()) {

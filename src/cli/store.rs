@@ -72,6 +72,7 @@ impl StoreArgs {
 #[cfg(feature = "milvus")]
 pub fn connect_options(timeout_s: u64) -> lightningdot::retrieval::store::ConnectOptions {
     lightningdot::retrieval::store::ConnectOptions {
+        connect_timeout: std::time::Duration::from_secs(timeout_s.clamp(1, 10)),
         timeout: std::time::Duration::from_secs(timeout_s.max(1)),
         token: std::env::var("MILVUS_TOKEN").ok().filter(|t| !t.is_empty()),
         ..Default::default()

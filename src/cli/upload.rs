@@ -211,37 +211,52 @@ mod with_milvus {
                     .collect()
             };
             let missing: Vec<usize> = (0..names.len()).filter(|&r| up.image_missing(r)).collect();
-            encode_image_rows(&model, &self.img_db, &missing, batch, &device, &mut |rows, v| {
-                let d = v.len() / rows.len().max(1);
-                let batch: Vec<ImageRow> = rows
-                    .iter()
-                    .zip(v.chunks(d.max(1)))
-                    .map(|(&r, vector)| ImageRow {
-                        row: r,
-                        id: names[r].clone(),
-                        captions: image_captions(&names[r]),
-                        vector: vector.to_vec(),
-                    })
-                    .collect();
-                up.send_images(batch).map(|_| ())
-            })?;
-            if let Some(c) = &captions {
-                let missing: Vec<usize> = (0..c.ids.len()).filter(|&r| up.text_missing(r)).collect();
-                encode_text_rows(&model, &c.tokens, &missing, batch, &device, &mut |rows, v| {
+            encode_image_rows(
+                &model,
+                &self.img_db,
+                &missing,
+                batch,
+                &device,
+                &mut |rows, v| {
                     let d = v.len() / rows.len().max(1);
-                    let batch: Vec<TextRow> = rows
+                    let batch: Vec<ImageRow> = rows
                         .iter()
                         .zip(v.chunks(d.max(1)))
-                        .map(|(&r, vector)| TextRow {
+                        .map(|(&r, vector)| ImageRow {
                             row: r,
-                            id: c.ids[r].clone(),
-                            image: c.image[r].clone(),
-                            text: c.raw[r].clone(),
+                            id: names[r].clone(),
+                            captions: image_captions(&names[r]),
                             vector: vector.to_vec(),
                         })
                         .collect();
-                    up.send_texts(batch).map(|_| ())
-                })?;
+                    up.send_images(batch).map(|_| ())
+                },
+            )?;
+            if let Some(c) = &captions {
+                let missing: Vec<usize> =
+                    (0..c.ids.len()).filter(|&r| up.text_missing(r)).collect();
+                encode_text_rows(
+                    &model,
+                    &c.tokens,
+                    &missing,
+                    batch,
+                    &device,
+                    &mut |rows, v| {
+                        let d = v.len() / rows.len().max(1);
+                        let batch: Vec<TextRow> = rows
+                            .iter()
+                            .zip(v.chunks(d.max(1)))
+                            .map(|(&r, vector)| TextRow {
+                                row: r,
+                                id: c.ids[r].clone(),
+                                image: c.image[r].clone(),
+                                text: c.raw[r].clone(),
+                                vector: vector.to_vec(),
+                            })
+                            .collect();
+                        up.send_texts(batch).map(|_| ())
+                    },
+                )?;
             }
             Ok(up.finish(captions.is_some())?)
         }

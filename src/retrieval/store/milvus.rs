@@ -16,10 +16,15 @@
 //! ones are sent; Milvus does not deduplicate primary keys on insert, so this is what keeps each
 //! id stored once after a `kill -9`.
 //!
+//! Milvus queries only loaded collections and loads only indexed ones, so the upload declares
+//! the index and loads the collection first (a rerun can then read what is stored), inserts,
+//! and at the end waits for the data to be persisted and indexed before loading it again.
+//!
 //! Two traps of the 2.3 servers: `flush()` returns before the segments are persisted (the
-//! upload polls them until all are Flushed before building the index and loading, or searches
-//! run on a temporary index), and search results carry no primary-field name (the hits are read
-//! from their id and score columns, not through the SDK's row view).
+//! upload polls them until all are Flushed, then the index until it covers every row, then
+//! reloads; otherwise searches run on a temporary index), and search results carry no
+//! primary-field name (the hits are read from their id and score columns, not through the
+//! SDK's row view).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -29,9 +34,9 @@ use milvus::v2::prelude::{
     ClientV2, CollectionSchema, ConnectConfig, ConsistencyLevel, CreateCollectionRequest,
     CreateIndexRequest, DataType, DescribeCollectionRequest, DescribeIndexRequest, Error,
     FieldData, FieldSchema, FlushRequest, GetCollectionStatsRequest, HasCollectionRequest,
-    IndexParam, IndexType, InsertRequest, ListPersistentSegmentsRequest, LoadCollectionRequest,
-    MetricType, QueryRequest, RetryConfig, SearchRequest, SearchVectors, SegmentState,
-    TelemetryConfig,
+    IndexParam, IndexStateCode, IndexType, InsertRequest, ListPersistentSegmentsRequest,
+    LoadCollectionRequest, MetricType, QueryRequest, ReleaseCollectionRequest, RetryConfig,
+    SearchRequest, SearchVectors, SegmentState, TelemetryConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +79,9 @@ const INFO_FORMAT: &str = "lightningdot-milvus";
 /// How to reach the server.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// Limit of each RPC attempt (and of connecting).
+    /// Limit of connecting.
+    pub connect_timeout: Duration,
+    /// Limit of each RPC attempt.
     pub timeout: Duration,
     /// Attempts per RPC, the first included (transport failures and retryable server codes).
     pub attempts: u32,
@@ -85,6 +92,7 @@ pub struct ConnectOptions {
 impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
+            connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
             attempts: 3,
             token: None,
@@ -96,13 +104,27 @@ impl Default for ConnectOptions {
 /// small runtime and blocks on it (also from tokio's blocking pool, where the server calls it).
 struct Conn {
     url: MilvusUrl,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken by `Drop`).
+    rt: Option<tokio::runtime::Runtime>,
     client: ClientV2,
+}
+
+impl Drop for Conn {
+    /// The last owner may be an async task (the HTTP server's state is dropped on its
+    /// runtime), where a blocking shutdown would panic.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// One line: SDK messages can carry gRPC details over several lines.
 fn one_line(e: impl std::fmt::Display) -> String {
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn is_missing_collection(e: &Error) -> bool {
@@ -134,7 +156,7 @@ impl Conn {
             })?;
         let mut config = ConnectConfig::new()
             .uri(url.endpoint())
-            .connect_timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
             .rpc_timeout(options.timeout)
             .retry(
                 RetryConfig::new()
@@ -146,21 +168,24 @@ impl Conn {
         if let Some(token) = &options.token {
             config = config.token(token.clone());
         }
-        let client = rt
-            .block_on(ClientV2::new(&config))
-            .map_err(|e| RetrievalError::StoreUnavailable {
-                store: url.to_string(),
-                reason: format!("cannot connect to Milvus: {}", one_line(e)),
-            })?;
+        let client =
+            rt.block_on(ClientV2::new(&config))
+                .map_err(|e| RetrievalError::StoreUnavailable {
+                    store: url.to_string(),
+                    reason: format!("cannot connect to Milvus: {}", one_line(e)),
+                })?;
         Ok(Self {
             url: url.clone(),
-            rt,
+            rt: Some(rt),
             client,
         })
     }
 
-    fn block<T>(&self, f: impl Future<Output = T>) -> T {
-        self.rt.block_on(f)
+    fn block<T>(&self, f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            None => Err(Error::Unexpected("the client is closed".into())),
+        }
     }
 
     /// A Milvus error as this crate's: unreachable and missing collections are
@@ -226,7 +251,9 @@ impl Conn {
             .map(|f| f.get_dimension() as usize)
             .ok_or_else(|| RetrievalError::Store {
                 store: self.url.to_string(),
-                reason: format!("collection {name} has no {VECTOR:?} field: not written by lightningdot"),
+                reason: format!(
+                    "collection {name} has no {VECTOR:?} field: not written by lightningdot"
+                ),
             })?;
         Ok((desc.get_description().to_string(), dim))
     }
@@ -249,7 +276,10 @@ impl Conn {
         while start < upto {
             let req = QueryRequest::builder()
                 .collection_name(name)
-                .filter(format!("{ROW} >= {start} and {ROW} < {}", start + QUERY_WINDOW))
+                .filter(format!(
+                    "{ROW} >= {start} and {ROW} < {}",
+                    start + QUERY_WINDOW
+                ))
                 .output_fields([ROW])
                 .limit(QUERY_WINDOW)
                 .consistency_level(ConsistencyLevel::Strong)
@@ -505,10 +535,9 @@ impl VectorStore for MilvusStore {
         let store = self.conn.url.to_string();
         match self.conn.has_collection(&self.conn.url.collection) {
             Ok(true) => StoreHealth::ok(store),
-            Ok(false) => StoreHealth::unavailable(
-                store,
-                self.conn.missing(&self.conn.url.collection),
-            ),
+            Ok(false) => {
+                StoreHealth::unavailable(store, self.conn.missing(&self.conn.url.collection))
+            }
             Err(e) => StoreHealth::unavailable(store, e),
         }
     }
@@ -646,6 +675,7 @@ impl Uploader {
                     ),
                 });
             }
+            up.ready(&url.collection)?;
             up.images_present = up.conn.stored_rows(&url.collection, rows.0 as i64)?;
             tracing::info!(
                 "{url}: resuming, {} of {} images already stored",
@@ -654,10 +684,12 @@ impl Uploader {
             );
         } else {
             up.create(&url.collection, &description, dim, false)?;
+            up.ready(&url.collection)?;
         }
         if texts {
             let name = url.texts_collection();
             if up.conn.has_collection(&name)? {
+                up.ready(&name)?;
                 up.texts_present = up.conn.stored_rows(&name, rows.1 as i64)?;
                 tracing::info!(
                     "{url}: resuming, {} of {} captions already stored",
@@ -666,6 +698,7 @@ impl Uploader {
                 );
             } else {
                 up.create(&name, "lightningdot captions", dim, true)?;
+                up.ready(&name)?;
             }
         }
         up.report.images_present = up.images_present.len();
@@ -847,18 +880,70 @@ impl Uploader {
         let deadline = Instant::now() + self.options.wait;
         for name in &names {
             self.flush_and_wait(name, deadline)?;
-            self.ensure_index(name)?;
-            let req = LoadCollectionRequest::builder()
+            self.wait_indexed(name, deadline)?;
+            // Reload, so that every sealed segment is served from its built index rather than
+            // the interim one it was loaded with while growing.
+            let req = ReleaseCollectionRequest::builder()
                 .collection_name(name)
                 .build()
-                .map_err(|e| self.conn.error("load_collection", e))?;
+                .map_err(|e| self.conn.error("release_collection", e))?;
             self.conn
-                .block(self.conn.client.load_collection(req))
-                .map_err(|e| self.conn.error(&format!("load {name}"), e))?;
+                .block(self.conn.client.release_collection(req))
+                .map_err(|e| self.conn.error(&format!("release {name}"), e))?;
+            self.load(name)?;
             tracing::info!("{}: {name} flushed, indexed and loaded", self.conn.url);
         }
         self.report.finish_seconds = started.elapsed().as_secs_f64();
         Ok(self.report)
+    }
+
+    /// Makes `name` queryable (Milvus queries only loaded collections, and loads only indexed
+    /// ones): the index, built on the still empty or partial collection, then a load. Rows
+    /// inserted afterwards are visible to strongly consistent queries, so a rerun can tell
+    /// what is stored.
+    fn ready(&self, name: &str) -> Result<(), RetrievalError> {
+        self.ensure_index(name)?;
+        self.load(name)
+    }
+
+    fn load(&self, name: &str) -> Result<(), RetrievalError> {
+        let req = LoadCollectionRequest::builder()
+            .collection_name(name)
+            .build()
+            .map_err(|e| self.conn.error("load_collection", e))?;
+        self.conn
+            .block(self.conn.client.load_collection(req))
+            .map_err(|e| self.conn.error(&format!("load {name}"), e))
+    }
+
+    /// Waits until the index covers every flushed row.
+    fn wait_indexed(&self, name: &str, deadline: Instant) -> Result<(), RetrievalError> {
+        loop {
+            let req = DescribeIndexRequest::builder()
+                .collection_name(name)
+                .field_name(VECTOR)
+                .build()
+                .map_err(|e| self.conn.error("describe_index", e))?;
+            let r = self
+                .conn
+                .block(self.conn.client.describe_index(req))
+                .map_err(|e| self.conn.error(&format!("describe the index of {name}"), e))?;
+            let done = r.indexes().iter().all(|i| {
+                i.get_pending_rows() == 0
+                    && i.get_indexed_rows() >= i.get_total_rows()
+                    && matches!(i.get_state(), IndexStateCode::Finished)
+            });
+            if done && !r.indexes().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(RetrievalError::Store {
+                    store: self.conn.url.to_string(),
+                    reason: format!("the index of {name} is still being built"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn flush_and_wait(&self, name: &str, deadline: Instant) -> Result<(), RetrievalError> {
@@ -937,7 +1022,7 @@ impl Uploader {
                     .metric_type(MetricType::Ip)
                     .extra_params(params),
             )
-            .sync(true)
+            .sync(false)
             .build()
             .map_err(|e| self.conn.error("create_index", e))?;
         self.conn
@@ -1039,7 +1124,10 @@ pub fn key_counts(
     while start < upto as i64 {
         let req = QueryRequest::builder()
             .collection_name(collection)
-            .filter(format!("{ROW} >= {start} and {ROW} < {}", start + QUERY_WINDOW / 2))
+            .filter(format!(
+                "{ROW} >= {start} and {ROW} < {}",
+                start + QUERY_WINDOW / 2
+            ))
             .output_fields([ROW])
             .limit(QUERY_WINDOW)
             .consistency_level(ConsistencyLevel::Strong)

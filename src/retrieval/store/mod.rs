@@ -137,7 +137,11 @@ impl MilvusUrl {
 
 impl std::fmt::Display for MilvusUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "milvus://{}:{}/{}", self.host, self.port, self.collection)
+        write!(
+            f,
+            "milvus://{}:{}/{}",
+            self.host, self.port, self.collection
+        )
     }
 }
 
@@ -149,9 +153,7 @@ impl std::str::FromStr for MilvusUrl {
         let rest = s
             .strip_prefix("milvus://")
             .ok_or_else(|| bad("not a milvus:// address"))?;
-        let (authority, collection) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("no collection"))?;
+        let (authority, collection) = rest.split_once('/').ok_or_else(|| bad("no collection"))?;
         // Milvus collection names: a letter or underscore, then letters, digits, underscores.
         let valid_name = collection
             .chars()
@@ -299,7 +301,10 @@ impl MilvusSearchParams {
                 p.insert("ef".into(), self.ef.unwrap_or(64).max(k).to_string());
             }
             MilvusIndexKind::DiskAnn => {
-                p.insert("search_list".into(), self.ef.unwrap_or(64).max(k).to_string());
+                p.insert(
+                    "search_list".into(),
+                    self.ef.unwrap_or(64).max(k).to_string(),
+                );
             }
         }
         p
