@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use lightningdot::retrieval::{MilvusIndex, MilvusIndexKind, MilvusSearchParams, MilvusUrl};
+use lightningdot::retrieval::{MilvusIndexKind, MilvusUrl};
 
 /// Where `search` / `serve` read vectors from, when not an index directory.
 #[derive(Args, Debug, Clone)]
@@ -47,9 +47,10 @@ pub struct MilvusIndexArgs {
     pub upload_batch: usize,
 }
 
+#[cfg(feature = "milvus")]
 impl MilvusIndexArgs {
-    pub fn index(&self) -> MilvusIndex {
-        MilvusIndex {
+    pub fn index(&self) -> lightningdot::retrieval::MilvusIndex {
+        lightningdot::retrieval::MilvusIndex {
             kind: self.milvus_index,
             nlist: self.nlist,
             pq_m: self.pq_m,
@@ -60,9 +61,10 @@ impl MilvusIndexArgs {
     }
 }
 
+#[cfg(feature = "milvus")]
 impl StoreArgs {
-    pub fn search_params(&self, ef: Option<usize>) -> MilvusSearchParams {
-        MilvusSearchParams {
+    pub fn search_params(&self, ef: Option<usize>) -> lightningdot::retrieval::MilvusSearchParams {
+        lightningdot::retrieval::MilvusSearchParams {
             nprobe: self.nprobe,
             ef,
         }

@@ -181,6 +181,8 @@ impl Conn {
         })
     }
 
+    // The SDK's own error, turned into a RetrievalError by `Conn::error` at every call site.
+    #[allow(clippy::result_large_err)]
     fn block<T>(&self, f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         match &self.rt {
             Some(rt) => rt.block_on(f),
@@ -302,6 +304,9 @@ fn quoted(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Output fields of a search, by name: one value per hit.
+type Columns = HashMap<String, Vec<String>>;
+
 /// A Milvus collection opened for search.
 pub struct MilvusStore {
     conn: Conn,
@@ -365,7 +370,7 @@ impl MilvusStore {
         k: usize,
         filter: Option<&str>,
         output: &[&str],
-    ) -> Result<(Vec<f32>, HashMap<String, Vec<String>>), RetrievalError> {
+    ) -> Result<(Vec<f32>, Columns), RetrievalError> {
         let mut req = SearchRequest::builder()
             .collection_name(collection)
             .vector_field(VECTOR)

@@ -260,7 +260,7 @@ impl MilvusIndex {
             MilvusIndexKind::IvfFlat => put("nlist", self.nlist.unwrap_or(1024)),
             MilvusIndexKind::IvfPq => {
                 let m = self.pq_m.unwrap_or((dim / 4).max(1));
-                if m == 0 || dim % m != 0 {
+                if m == 0 || !dim.is_multiple_of(m) {
                     return Err(RetrievalError::BadRequest(format!(
                         "--pq-m {m} must divide the vector size {dim}"
                     )));
