@@ -217,6 +217,91 @@ fn filtered_search_returns_only_matching_items() {
     assert_eq!(health.json()["store"]["store"], u.to_string());
 }
 
+#[test]
+#[ignore = "needs a Milvus server: MILVUS_ADDR=HOST:PORT (.ci/run starts one)"]
+fn cli_index_to_milvus_then_search_gives_the_reference_top10() {
+    let u = url("cli_encoded");
+    let f = fixtures();
+    let model: [&dyn AsRef<std::ffi::OsStr>; 6] = [
+        &"--checkpoint",
+        &f.join(CHECKPOINT),
+        &"--img-config",
+        &f.join("config/img_model_config.json"),
+        &"--txt-config",
+        &f.join("config/txt_model_config"),
+    ];
+    let to = u.to_string();
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"index"];
+    args.extend(model);
+    let (img_db, txt_db) = (img_db_dir(), txt_db_dir());
+    args.extend([
+        &"--img-db" as &dyn AsRef<std::ffi::OsStr>,
+        &img_db,
+        &"--txt-db",
+        &txt_db,
+        &"--to",
+        &to,
+        &"--batch-size",
+        &"7",
+    ]);
+    let out = run_cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("uploaded 20 images + 100 captions"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A rerun finds everything stored and sends nothing.
+    let out = run_cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("uploaded 0 images + 0 captions"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let want = expected();
+    let vocab = vocab_dir();
+    for (sentid, raw) in caption_queries().into_iter().step_by(10) {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"search"];
+        args.extend(model);
+        args.extend([
+            &"--vocab" as &dyn AsRef<std::ffi::OsStr>,
+            &vocab,
+            &"--store",
+            &to,
+            &"--json",
+            &raw,
+        ]);
+        let out = run_cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got: Vec<String> = body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ids(&want["text_query_top10_images"][&sentid]),
+            "{sentid}"
+        );
+        assert_eq!(body["search"], "milvus");
+    }
+}
+
 /// A deterministic uniform generator in [-1, 1) (splitmix64).
 struct Rng(u64);
 
