@@ -100,35 +100,92 @@ pub enum Progress {
     Bar(&'static str),
 }
 
-/// Encodes items `0..n` in batches of `batch_size`, largest first (`size(i)`): padding is
+/// Receives each encoded batch: its rows and their vectors, row-major.
+pub type BatchSink<'a, E> = dyn FnMut(&[usize], &[f32]) -> Result<(), E> + 'a;
+
+/// Encodes the items `rows` in batches of `batch_size`, largest first (`size(i)`): padding is
 /// masked exactly, so grouping similar sizes only saves work. `encode(chunk)` returns the
-/// chunk's vectors row-major; the result is `[n, dim]` row-major in input order, and `dim`.
-fn encode_by_size<E>(
-    n: usize,
+/// chunk's vectors row-major; each chunk goes to `sink` with its rows.
+fn encode_rows_by_size<E>(
+    rows: &[usize],
     size: impl Fn(usize) -> usize,
     batch_size: usize,
     progress: Progress,
     mut encode: impl FnMut(&[usize]) -> Result<Vec<f32>, E>,
-) -> Result<(Vec<f32>, usize), E> {
-    let mut order: Vec<usize> = (0..n).collect();
+    sink: &mut BatchSink<'_, E>,
+) -> Result<(), E> {
+    let mut order = rows.to_vec();
     order.sort_by_key(|&i| std::cmp::Reverse(size(i)));
     let pb = match progress {
-        Progress::Bar(what) => crate::progress::bar(n, what),
+        Progress::Bar(what) => crate::progress::bar(rows.len(), what),
         Progress::Hidden => indicatif::ProgressBar::hidden(),
     };
-    let (mut rows, mut dim) = (Vec::new(), 0);
     for chunk in order.chunks(batch_size.max(1)) {
-        let v = encode(chunk)?;
+        sink(chunk, &encode(chunk)?)?;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// Caption vectors of `texts[r]` for every `r` in `rows` (token ids with `[CLS]`/`[SEP]`),
+/// longest first, handed to `sink` batch by batch (an upload streams them).
+pub fn encode_text_rows<B: Backend, E>(
+    model: &BiEncoder<B>,
+    texts: &[&[u32]],
+    rows: &[usize],
+    batch_size: usize,
+    progress: Progress,
+    device: &B::Device,
+    sink: &mut BatchSink<'_, E>,
+) -> Result<(), E> {
+    let encode = |chunk: &[usize]| {
+        let ids: Vec<&[u32]> = chunk.iter().map(|&i| texts[i]).collect();
+        Ok(encode_texts(model, &collate_texts(&ids), device))
+    };
+    encode_rows_by_size(rows, |i| texts[i].len(), batch_size, progress, encode, sink)
+}
+
+/// Image vectors of `names[r]` for every `r` in `rows`, most boxes first, handed to `sink`
+/// batch by batch.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_image_rows<B: Backend, E: From<DataError>>(
+    model: &BiEncoder<B>,
+    img_db: &ImgDb,
+    names: &[String],
+    rows: &[usize],
+    batch_size: usize,
+    progress: Progress,
+    device: &B::Device,
+    sink: &mut BatchSink<'_, E>,
+) -> Result<(), E> {
+    let mut nbb = vec![0; names.len()];
+    for &r in rows {
+        nbb[r] = img_db.num_bb(&names[r])?;
+    }
+    let encode = |chunk: &[usize]| {
+        let batch: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
+        Ok(encode_images(model, &image_batch(img_db, &batch)?, device))
+    };
+    encode_rows_by_size(rows, |i| nbb[i], batch_size, progress, encode, sink)
+}
+
+/// Collects streamed batches into `[n, dim]` row-major in input order; returns it and `dim`.
+fn collect_rows<E>(
+    n: usize,
+    stream: impl FnOnce(&mut BatchSink<'_, E>) -> Result<(), E>,
+) -> Result<(Vec<f32>, usize), E> {
+    let (mut rows, mut dim) = (Vec::new(), 0);
+    stream(&mut |chunk: &[usize], v: &[f32]| {
         if dim == 0 {
-            dim = v.len() / chunk.len();
+            dim = v.len() / chunk.len().max(1);
             rows = vec![0f32; n * dim];
         }
         for (row, &i) in v.chunks(dim.max(1)).zip(chunk) {
             rows[i * dim..(i + 1) * dim].copy_from_slice(row);
         }
-        pb.inc(chunk.len() as u64);
-    }
-    pb.finish_and_clear();
+        Ok(())
+    })?;
     Ok((rows, dim))
 }
 
@@ -141,17 +198,11 @@ pub fn encode_texts_by_length<B: Backend>(
     progress: Progress,
     device: &B::Device,
 ) -> (Vec<f32>, usize) {
-    let encoded = encode_by_size(
-        texts.len(),
-        |i| texts[i].len(),
-        batch_size,
-        progress,
-        |chunk| {
-            let ids: Vec<&[u32]> = chunk.iter().map(|&i| texts[i]).collect();
-            Ok::<_, std::convert::Infallible>(encode_texts(model, &collate_texts(&ids), device))
-        },
-    );
-    match encoded {
+    let all: Vec<usize> = (0..texts.len()).collect();
+    let collected = collect_rows::<std::convert::Infallible>(texts.len(), |sink| {
+        encode_text_rows(model, texts, &all, batch_size, progress, device, sink)
+    });
+    match collected {
         Ok(v) => v,
         Err(never) => match never {},
     }
@@ -166,18 +217,10 @@ pub fn encode_images_by_size<B: Backend>(
     progress: Progress,
     device: &B::Device,
 ) -> Result<(Vec<f32>, usize), DataError> {
-    let nbb: Vec<usize> = names
-        .iter()
-        .map(|n| img_db.num_bb(n))
-        .collect::<Result<_, _>>()?;
-    encode_by_size(
-        names.len(),
-        |i| nbb[i],
-        batch_size,
-        progress,
-        |chunk| {
-            let batch: Vec<&str> = chunk.iter().map(|&i| names[i].as_str()).collect();
-            Ok(encode_images(model, &image_batch(img_db, &batch)?, device))
-        },
-    )
+    let all: Vec<usize> = (0..names.len()).collect();
+    collect_rows(names.len(), |sink| {
+        encode_image_rows(
+            model, img_db, names, &all, batch_size, progress, device, sink,
+        )
+    })
 }

@@ -82,7 +82,7 @@ fn results_carry_scores_captions_and_timings() {
     assert!(json["results"][0]["id"].is_string());
     assert!(json["results"][0]["score"].is_number());
     // An image query returns captions with their text and image.
-    let img = p.index().image_ids()[0].clone();
+    let img = p.index().unwrap().image_ids()[0].clone();
     let r = p.search(&Query::Image(img), 3).unwrap();
     assert!(
         r.results
@@ -298,7 +298,7 @@ fn reranker_resorts_first_stage_candidates_by_its_score_alone() {
         assert_eq!(h.first_stage_score, Some(dot));
     }
     // A re-ranker that returns the wrong number of scores is an error, not a panic.
-    let img = p.index().image_ids()[0].clone();
+    let img = p.index().unwrap().image_ids()[0].clone();
     let e = p.search(&Query::Image(img), 5).unwrap_err();
     assert!(
         e.to_string()

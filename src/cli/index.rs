@@ -19,15 +19,25 @@ pub struct IndexArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Image db directory (UNITER feature LMDB); every image in it is indexed.
-    #[arg(long)]
-    pub img_db: PathBuf,
+    #[arg(long, required_unless_present = "from")]
+    pub img_db: Option<PathBuf>,
     /// Text db directory: also index its captions (image -> text search) and keep each image's
     /// ground-truth captions for display.
     #[arg(long)]
     pub txt_db: Option<PathBuf>,
     /// Output index directory (written atomically).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "to")]
+    pub out: Option<PathBuf>,
+    /// Upload to a Milvus collection instead of writing a directory:
+    /// `milvus://HOST:PORT/COLLECTION` (captions go to COLLECTION_texts). Resumable: a rerun
+    /// sends only what is missing. Needs a build with `--features milvus`.
+    #[arg(long, conflicts_with_all = ["out", "ann", "force"])]
+    pub to: Option<lightningdot::retrieval::MilvusUrl>,
+    /// With --to: upload this existing index directory (no model, no re-encoding).
+    #[arg(long, requires = "to", conflicts_with_all = ["img_db", "txt_db"])]
+    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub milvus: super::store::MilvusIndexArgs,
     /// Stored vector type: f32, or f16 (half the size; search computes in f32).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: VectorDtype,
@@ -76,6 +86,7 @@ fn parse_dtype(s: &str) -> Result<VectorDtype, String> {
 
 struct IndexTask<'a> {
     args: &'a IndexArgs,
+    out: PathBuf,
     img_db: ImgDb,
     txt_db: Option<TxtDb>,
 }
@@ -106,7 +117,7 @@ impl BackendTask for IndexTask<'_> {
             model_info(&a.model.checkpoint, &cfg),
             &self.img_db,
             self.txt_db.as_ref(),
-            &a.out,
+            &self.out,
             &options,
             &device,
         )?;
@@ -115,6 +126,15 @@ impl BackendTask for IndexTask<'_> {
 }
 
 pub fn run(args: IndexArgs, device: DeviceSpec) -> Result<()> {
+    if args.from.is_none() && args.model.checkpoint.as_os_str() == "-" {
+        anyhow::bail!("--checkpoint is required (except with --from INDEX_DIR --to milvus://…)");
+    }
+    if let Some(url) = &args.to {
+        return super::upload::run(&args, url, device);
+    }
+    let (Some(out), Some(img_db)) = (args.out.clone(), args.img_db.as_ref()) else {
+        anyhow::bail!("give --img-db DIR and --out INDEX_DIR (or --to milvus://…)");
+    };
     let options = ImgDbOptions {
         conf_th: args.conf_th,
         max_bb: args.max_bb,
@@ -122,12 +142,12 @@ pub fn run(args: IndexArgs, device: DeviceSpec) -> Result<()> {
         num_bb: args.num_bb,
         compressed: args.compressed_db,
     };
-    let img_db = ImgDb::open(&args.img_db, options)?;
+    let img_db = ImgDb::open(img_db, options)?;
     let txt_db = args.txt_db.as_ref().map(TxtDb::open).transpose()?;
-    if args.out.exists() && !args.force {
+    if out.exists() && !args.force {
         anyhow::bail!(
             "{} already exists (pass --force to replace it)",
-            args.out.display()
+            out.display()
         );
     }
     if let Some(db) = &txt_db {
@@ -138,6 +158,7 @@ pub fn run(args: IndexArgs, device: DeviceSpec) -> Result<()> {
         device,
         IndexTask {
             args: &args,
+            out: out.clone(),
             img_db,
             txt_db,
         },
@@ -173,13 +194,13 @@ pub fn run(args: IndexArgs, device: DeviceSpec) -> Result<()> {
             String::new()
         },
         started.elapsed().as_secs_f64(),
-        args.out.display()
+        out.display()
     );
     Ok(())
 }
 
 /// Warns when the query tokenizer would not reproduce the txt_db's token ids.
-fn check_vocab(args: &IndexArgs, db: &TxtDb) -> Result<()> {
+pub(super) fn check_vocab(args: &IndexArgs, db: &TxtDb) -> Result<()> {
     let Ok(path) = retrieval::resolve_vocab(
         args.vocab.as_deref(),
         &args.model.checkpoint,

@@ -18,7 +18,9 @@ mod rerank;
 mod run_args;
 mod search;
 mod serve;
+mod store;
 mod train;
+mod upload;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -127,7 +129,19 @@ fn init_logging(filter: &str) {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `index --from INDEX_DIR --to milvus://…` uploads without a model: --checkpoint is checked
+    // by `index` itself (clap cannot make a flattened argument optional for one command).
+    let command = <Cli as clap::CommandFactory>::command().mut_subcommand("index", |c| {
+        c.mut_arg("checkpoint", |a| {
+            a.required(false)
+                .default_value("-")
+                .hide_default_value(true)
+        })
+    });
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The demo prints its own steps; per-epoch commit logs would bury them.
     let demo_default = matches!(cli.command, Command::Demo(_)) && cli.log == "info";
     init_logging(if demo_default {

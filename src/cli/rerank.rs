@@ -56,7 +56,7 @@ impl RerankArgs {
         if self.rerank_k == 0 {
             bail!("--rerank-k must be at least 1");
         }
-        let meta = pipeline.index().meta();
+        let meta = pipeline.meta();
         let img_db = self
             .img_db
             .clone()

@@ -9,8 +9,8 @@ use clap::Args;
 use lightningdot::data::Tokenizer;
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 use lightningdot::retrieval::{
-    self, CandidateMode, Pipeline, PipelineOptions, Query, QueryEncoder, SearchResponse,
-    StoredIndex, check_k,
+    self, CandidateMode, DirStore, Pipeline, PipelineOptions, Query, QueryEncoder, SearchResponse,
+    StoredIndex, VectorStore, check_k,
 };
 
 use super::ModelArgs;
@@ -18,9 +18,11 @@ use super::ModelArgs;
 /// Flags shared by `search` and `serve`: which index, tokenizer and candidate search.
 #[derive(Args, Debug, Clone)]
 pub struct IndexQueryArgs {
-    /// Index directory written by `lightningdot index`.
-    #[arg(long)]
-    pub index: PathBuf,
+    /// Index directory written by `lightningdot index` (or --store).
+    #[arg(long, required_unless_present = "store")]
+    pub index: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: super::store::StoreArgs,
     /// Query tokenizer: vocab.txt, tokenizer.json or a directory holding one (default: the
     /// model directory's copy, else the --txt-config directory).
     #[arg(long)]
@@ -28,8 +30,9 @@ pub struct IndexQueryArgs {
     /// Approximate search with the index's HNSW graph (built by `index --ann`).
     #[arg(long)]
     pub ann: bool,
-    /// HNSW search width (efSearch) with --ann; larger is slower and closer to exact.
-    #[arg(long, requires = "ann")]
+    /// HNSW search width (efSearch) with --ann or a Milvus HNSW / DiskANN --store; larger is
+    /// slower and closer to exact.
+    #[arg(long)]
     pub ef: Option<usize>,
     /// Exact search without holding the vectors on the device: each query streams them from
     /// the memory-mapped file in chunks (bounded memory for very large collections; slower).
@@ -82,6 +85,10 @@ pub struct SearchArgs {
     /// Print `{"results": [{"id": ..., "score": ...}, ...], "timings_ms": {...}}`.
     #[arg(long)]
     pub json: bool,
+    /// Only results matching this Milvus boolean expression over the stored fields (with
+    /// --store), e.g. `image_id like "flickr30k_00001%"` or `row < 1000`.
+    #[arg(long, requires = "store")]
+    pub filter: Option<String>,
 }
 
 /// Loads model, tokenizer and index into a pipeline (what `search` and `serve` run).
@@ -90,7 +97,18 @@ pub fn load_pipeline<B: Backend>(
     index: &IndexQueryArgs,
     device: B::Device,
 ) -> Result<Pipeline<B>> {
-    let stored = StoredIndex::open(&index.index)?;
+    if index.ef.is_some() && !index.ann && index.store.store.is_none() {
+        anyhow::bail!("--ef needs --ann or --store");
+    }
+    let store: Box<dyn VectorStore> = match (&index.store.store, &index.index) {
+        (Some(url), _) => super::store::open(url, &index.store, index.ef)?,
+        (None, Some(dir)) => Box::new(DirStore::<B>::open(
+            StoredIndex::open(dir)?,
+            &index.options(),
+            device.clone(),
+        )?),
+        (None, None) => anyhow::bail!("give --index DIR or --store milvus://HOST:PORT/COLLECTION"),
+    };
     let vocab = retrieval::resolve_vocab(
         index.vocab.as_deref(),
         &model.checkpoint,
@@ -101,15 +119,15 @@ pub fn load_pipeline<B: Backend>(
         .source()
         .load::<B>(&device)
         .with_context(|| format!("loading {}", model.checkpoint.display()))?;
-    if stored.meta().model.checkpoint != model.checkpoint.display().to_string() {
+    if store.meta().model.checkpoint != model.checkpoint.display().to_string() {
         tracing::debug!(
             "index was built from {}, querying with {}",
-            stored.meta().model.checkpoint,
+            store.meta().model.checkpoint,
             model.checkpoint.display()
         );
     }
     let encoder = QueryEncoder::new(net, &cfg, tokenizer, device.clone());
-    let pipeline = Pipeline::new(encoder, stored, index.options(), device.clone())?;
+    let pipeline = Pipeline::with_store(encoder, store, index.options())?;
     index.rerank.attach(pipeline, &device)
 }
 
@@ -124,7 +142,7 @@ impl BackendTask for SearchTask<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<SearchResponse> {
         let pipeline = load_pipeline::<B>(&self.args.model, &self.args.index, device)?;
-        Ok(pipeline.search(&self.query, self.k)?)
+        Ok(pipeline.search_filtered(&self.query, self.k, self.args.filter.as_deref())?)
     }
 }
 
@@ -168,9 +186,9 @@ pub fn run(args: SearchArgs, device: DeviceSpec) -> Result<()> {
         (Some(q), None) => Query::Text(q.clone()),
         (None, None) => anyhow::bail!("give a text query or --image ID"),
     };
-    if !args.index.index.is_dir() {
+    if let Some(dir) = args.index.index.as_ref().filter(|d| !d.is_dir()) {
         // Before loading the model: a typo should not cost a model load.
-        StoredIndex::open(&args.index.index)?;
+        StoredIndex::open(dir)?;
     }
     let resp = run_on(
         device,

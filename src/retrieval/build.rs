@@ -63,6 +63,40 @@ pub fn model_info(checkpoint: &Path, cfg: &BiEncoderConfig) -> ModelInfo {
     }
 }
 
+/// A txt_db's captions in its order, tokenized as the text tower reads them.
+#[derive(Debug, Clone, Default)]
+pub struct CaptionRecords {
+    pub ids: Vec<String>,
+    pub raw: Vec<Option<String>>,
+    /// Each caption's image name.
+    pub image: Vec<String>,
+    /// `[CLS] … [SEP]` token ids.
+    pub tokens: Vec<Vec<u32>>,
+    /// Captions whose image `img_db` does not hold.
+    pub without_image: usize,
+}
+
+/// Reads every caption of `db` (and counts those whose image `img_db` lacks).
+pub fn read_captions(db: &TxtDb, img_db: &ImgDb) -> Result<CaptionRecords, RetrievalError> {
+    let (cls, sep) = (db.meta().cls, db.meta().sep);
+    let mut out = CaptionRecords::default();
+    for id in db.ids() {
+        let rec = db.get(id)?;
+        let mut t = Vec::with_capacity(rec.input_ids.len() + 2);
+        t.push(cls);
+        t.extend_from_slice(&rec.input_ids);
+        t.push(sep);
+        out.tokens.push(t);
+        out.ids.push(id.clone());
+        out.raw.push(rec.raw);
+        if !img_db.contains(&rec.img_fname)? {
+            out.without_image += 1;
+        }
+        out.image.push(rec.img_fname);
+    }
+    Ok(out)
+}
+
 /// Encodes every image of `img_db` (and every caption of `txt_db`) and writes the index to
 /// `out` atomically. Batches are formed by size (padding is masked, so this only saves work);
 /// rows keep the dbs' order: `img_db.names()` and the txt_db's id2len order.
@@ -95,25 +129,14 @@ pub fn build_index<B: Backend>(
     let (texts, text_section, captions) = match txt_db {
         Some(db) => {
             let started = Instant::now();
-            let (cls, sep) = (db.meta().cls, db.meta().sep);
-            let mut ids = Vec::with_capacity(db.len());
-            let mut raw = Vec::with_capacity(db.len());
-            let mut image = Vec::with_capacity(db.len());
-            let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(db.len());
-            for id in db.ids() {
-                let rec = db.get(id)?;
-                let mut t = Vec::with_capacity(rec.input_ids.len() + 2);
-                t.push(cls);
-                t.extend_from_slice(&rec.input_ids);
-                t.push(sep);
-                tokens.push(t);
-                ids.push(id.clone());
-                raw.push(rec.raw);
-                if !img_db.contains(&rec.img_fname)? {
-                    report.captions_without_image += 1;
-                }
-                image.push(rec.img_fname);
-            }
+            let CaptionRecords {
+                ids,
+                raw,
+                image,
+                tokens,
+                without_image,
+            } = read_captions(db, img_db)?;
+            report.captions_without_image = without_image;
             let rows: Vec<&[u32]> = tokens.iter().map(Vec::as_slice).collect();
             let (texts, _) =
                 encode_texts_by_length(model, &rows, batch, Progress::Bar("captions"), device);

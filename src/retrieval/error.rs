@@ -40,6 +40,12 @@ pub enum RetrievalError {
     Rerank { name: String, reason: String },
     #[error("{0}")]
     BadRequest(String),
+    /// The vector store cannot be reached, or lacks the collection (retrying later may help).
+    #[error("{store}: {reason}")]
+    StoreUnavailable { store: String, reason: String },
+    /// The vector store answered with an error.
+    #[error("{store}: {reason}")]
+    Store { store: String, reason: String },
 }
 
 /// How a caller (the HTTP server) should classify an error.
@@ -51,6 +57,8 @@ pub enum ErrorClass {
     NotFound,
     /// The service failed (HTTP 500).
     Internal,
+    /// A service it depends on (the vector store) is down (HTTP 503).
+    Unavailable,
 }
 
 impl RetrievalError {
@@ -64,6 +72,7 @@ impl RetrievalError {
             | Self::NoAnn
             | Self::BadRequest(_) => ErrorClass::BadRequest,
             Self::UnknownImage(_) => ErrorClass::NotFound,
+            Self::StoreUnavailable { .. } => ErrorClass::Unavailable,
             _ => ErrorClass::Internal,
         }
     }

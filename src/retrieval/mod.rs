@@ -9,6 +9,7 @@
 //! | [`ann`] | the optional HNSW graph (usearch) for `--ann` |
 //! | [`pipeline`] | encode → candidates → optional re-rank, with per-stage timings |
 //! | [`photo`] | search by photo: detector → image tower → captions and similar images |
+//! | [`store`] | where the candidates come from: the index directory, or Milvus (feature `milvus`) |
 //!
 //! ```no_run
 //! use lightningdot::retrieval::{Pipeline, PipelineOptions, Query, QueryEncoder, StoredIndex};
@@ -28,6 +29,7 @@ mod error;
 pub mod format;
 pub mod photo;
 pub mod pipeline;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +41,10 @@ pub use photo::{PhotoError, PhotoPipeline, PhotoResponse, PhotoService};
 pub use pipeline::{
     CandidateMode, Caption, IndexSummary, MAX_K, MAX_QUERY_CHARS, Pipeline, PipelineOptions, Query,
     QueryEncoder, Reranker, ResultHit, SearchResponse, SearchService, StageTimings, check_k,
+};
+pub use store::{
+    DirStore, MilvusIndex, MilvusIndexKind, MilvusSearchParams, MilvusUrl, StoreCounts,
+    StoreHealth, VectorStore,
 };
 
 use crate::conversion::{ModelDir, VOCAB_FILES};

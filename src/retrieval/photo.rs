@@ -113,7 +113,7 @@ impl<B: Backend> PhotoPipeline<B> {
                 tower: IMG_FEAT_DIM,
             });
         }
-        let boxes: ImgDbOptions = pipeline.index().meta().images.selection.unwrap_or_default();
+        let boxes: ImgDbOptions = pipeline.meta().images.selection.unwrap_or_default();
         fix_detection_count(&mut detector.config, &boxes);
         Ok(Self {
             pipeline,

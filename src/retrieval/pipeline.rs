@@ -3,8 +3,9 @@
 //! 1. **encode**: a text query is tokenized exactly as the db captions were ([`Tokenizer::encode`]:
 //!    `[CLS] … [SEP]`) and run through the text tower; an image query reads the image's stored
 //!    vector (no model pass).
-//! 2. **candidates**: exact inner-product search (one matrix product per chunk, top-k on the
-//!    host, [`crate::search`]) or the HNSW graph (`--ann`, candidates rescored exactly).
+//! 2. **candidates**: the [`VectorStore`]'s top-k: an index directory's exact inner-product
+//!    search (one matrix product per chunk, top-k on the host, [`crate::search`]) or HNSW graph
+//!    (`--ann`, candidates rescored exactly), or a Milvus collection.
 //! 3. **re-rank** (when a [`Reranker`] is plugged in): the first-stage top-K (`rerank_depth`)
 //!    re-sorted by the re-rank score alone, as the reference's rerank.py does (spec §8), then
 //!    cut to k.
@@ -16,12 +17,12 @@ use burn::prelude::*;
 use serde::Serialize;
 
 use super::RetrievalError;
-use super::ann::AnnIndex;
-use super::format::StoredIndex;
+use super::format::{IndexMeta, StoredIndex};
+use super::store::{DirStore, StoreHealth, VectorStore};
 use crate::data::{Tokenizer, collate_texts};
 use crate::encode::encode_texts;
 use crate::model::{BiEncoder, BiEncoderConfig};
-use crate::search::{DEFAULT_CHUNK_ROWS, FlatIndex, Hit, VectorChunks, search_chunks};
+use crate::search::DEFAULT_CHUNK_ROWS;
 
 /// Longest accepted text query, in characters.
 pub const MAX_QUERY_CHARS: usize = 1000;
@@ -126,6 +127,25 @@ pub trait SearchService: Send + Sync {
     fn summary(&self) -> IndexSummary;
     /// Whether `id` names an indexed image.
     fn has_image(&self, id: &str) -> bool;
+    /// Like [`SearchService::search`], keeping only results that match `filter` (a boolean
+    /// expression over the store's fields). Services without fields reject filters.
+    fn search_filtered(
+        &self,
+        query: &Query,
+        k: usize,
+        filter: Option<&str>,
+    ) -> Result<SearchResponse, RetrievalError> {
+        match filter {
+            None => self.search(query, k),
+            Some(_) => Err(RetrievalError::BadRequest(
+                "this service cannot filter results".into(),
+            )),
+        }
+    }
+    /// Whether the vector store answers (for `/healthz`).
+    fn health(&self) -> StoreHealth {
+        StoreHealth::ok("directory")
+    }
 }
 
 /// How the candidate stage searches images.
@@ -233,69 +253,12 @@ impl<B: Backend> QueryEncoder<B> {
     }
 }
 
-/// Candidate search over the stored image rows, uploading each chunk from the mapping.
-struct MappedChunks<'a, B: Backend> {
-    index: &'a StoredIndex,
-    chunk_rows: usize,
-    device: B::Device,
-}
-
-impl<B: Backend> VectorChunks<B> for MappedChunks<'_, B> {
-    fn dim(&self) -> usize {
-        self.index.dim()
-    }
-
-    fn chunk_count(&self) -> usize {
-        self.index.image_ids().len().div_ceil(self.chunk_rows)
-    }
-
-    fn max_chunk_rows(&self) -> usize {
-        self.chunk_rows.min(self.index.image_ids().len())
-    }
-
-    fn chunk(&self, i: usize) -> (usize, Tensor<B, 2>) {
-        let start = i * self.chunk_rows;
-        let end = (start + self.chunk_rows).min(self.index.image_ids().len());
-        let v = self.index.image_vectors(start..end).into_owned();
-        let n = v.len();
-        let t = Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &self.device)
-            .reshape([end - start, self.index.dim()]);
-        (start, t)
-    }
-}
-
-enum ImageSearch<B: Backend> {
-    Resident(FlatIndex<B>),
-    Streamed,
-    Ann(AnnIndex),
-}
-
-/// Encoder, index and optional re-ranker: answers [`Query`]s.
+/// Encoder, vector store and optional re-ranker: answers [`Query`]s.
 pub struct Pipeline<B: Backend> {
     encoder: QueryEncoder<B>,
-    index: StoredIndex,
-    images: ImageSearch<B>,
-    texts: Option<FlatIndex<B>>,
+    store: Box<dyn VectorStore>,
     reranker: Option<Arc<dyn Reranker>>,
     options: PipelineOptions,
-    device: B::Device,
-}
-
-fn flat_from_rows<B: Backend>(
-    index: &StoredIndex,
-    n: usize,
-    chunk_rows: usize,
-    rows: impl Fn(std::ops::Range<usize>) -> Vec<f32>,
-    device: &B::Device,
-) -> FlatIndex<B> {
-    let chunk_rows = chunk_rows.max(1);
-    FlatIndex::from_chunks(
-        index.dim(),
-        (0..n)
-            .step_by(chunk_rows)
-            .map(|s| std::borrow::Cow::Owned(rows(s..(s + chunk_rows).min(n)))),
-        device,
-    )
 }
 
 impl<B: Backend> Pipeline<B> {
@@ -307,59 +270,23 @@ impl<B: Backend> Pipeline<B> {
         options: PipelineOptions,
         device: B::Device,
     ) -> Result<Self, RetrievalError> {
-        if encoder.dim() != index.dim() {
-            return Err(RetrievalError::format(
-                index.dir(),
-                format!(
-                    "vectors are {}-d but the model produces {}-d vectors: use the checkpoint \
-                     the index was built with",
-                    index.dim(),
-                    encoder.dim()
-                ),
-            ));
-        }
-        let chunk_rows = options.chunk_rows.max(1);
-        let images = match options.mode {
-            CandidateMode::Exact => ImageSearch::Resident(flat_from_rows(
-                &index,
-                index.image_ids().len(),
-                chunk_rows,
-                |r| index.image_vectors(r).into_owned(),
-                &device,
-            )),
-            CandidateMode::ExactStreamed => ImageSearch::Streamed,
-            CandidateMode::Ann => {
-                let path = index.ann_path().ok_or(RetrievalError::NoAnn)?;
-                ImageSearch::Ann(AnnIndex::open(
-                    &path,
-                    index.dim(),
-                    options.ann_expansion,
-                    index.meta().ann.and_then(|a| a.crc32),
-                )?)
-            }
-        };
-        let texts = index.has_texts().then(|| {
-            flat_from_rows(
-                &index,
-                index.text_ids().len(),
-                chunk_rows,
-                |r| {
-                    index
-                        .text_vectors(r)
-                        .map(|c| c.into_owned())
-                        .unwrap_or_default()
-                },
-                &device,
-            )
-        });
+        check_dim(&encoder, index.dim(), &index.dir().display().to_string())?;
+        let store = DirStore::<B>::open(index, &options, device)?;
+        Self::with_store(encoder, Box::new(store), options)
+    }
+
+    /// A pipeline over any store (e.g. a Milvus collection); checks the vector sizes agree.
+    pub fn with_store(
+        encoder: QueryEncoder<B>,
+        store: Box<dyn VectorStore>,
+        options: PipelineOptions,
+    ) -> Result<Self, RetrievalError> {
+        check_dim(&encoder, store.counts().dim, &store.health().store)?;
         Ok(Self {
             encoder,
-            index,
-            images,
-            texts,
+            store,
             reranker: None,
             options,
-            device,
         })
     }
 
@@ -369,8 +296,18 @@ impl<B: Backend> Pipeline<B> {
         self
     }
 
-    pub fn index(&self) -> &StoredIndex {
-        &self.index
+    /// The index directory, when the store is one.
+    pub fn index(&self) -> Option<&StoredIndex> {
+        self.store.local_index()
+    }
+
+    /// The store's index facts (model, source dbs, box selection).
+    pub fn meta(&self) -> &IndexMeta {
+        self.store.meta()
+    }
+
+    pub fn store(&self) -> &dyn VectorStore {
+        self.store.as_ref()
     }
 
     pub fn encoder(&self) -> &QueryEncoder<B> {
@@ -379,6 +316,17 @@ impl<B: Backend> Pipeline<B> {
 
     /// Answers `query` with its best `k` results.
     pub fn search(&self, query: &Query, k: usize) -> Result<SearchResponse, RetrievalError> {
+        self.search_filtered(query, k, None)
+    }
+
+    /// Answers `query` with its best `k` results among those matching `filter` (a boolean
+    /// expression over the store's fields; stores without fields reject it).
+    pub fn search_filtered(
+        &self,
+        query: &Query,
+        k: usize,
+        filter: Option<&str>,
+    ) -> Result<SearchResponse, RetrievalError> {
         check_k(k as i64)?;
         let started = Instant::now();
         let depth = match &self.reranker {
@@ -391,35 +339,19 @@ impl<B: Backend> Pipeline<B> {
                 (self.encoder.encode_ids(&ids), ids)
             }
             Query::Image(id) => {
-                if !self.index.has_texts() {
+                if !self.store.has_texts() {
                     return Err(RetrievalError::NoTexts);
                 }
-                let row = self
-                    .index
-                    .image_row(id)
-                    .ok_or_else(|| RetrievalError::UnknownImage(id.clone()))?;
-                (
-                    self.index.image_vectors(row..row + 1).into_owned(),
-                    Vec::new(),
-                )
+                (self.store.image_vector(id)?, Vec::new())
             }
         };
         let encoded = Instant::now();
         let hits = match query {
-            Query::Text(_) => self.image_candidates(&vector, depth)?,
-            Query::Image(_) => match &self.texts {
-                Some(t) => t.search(&vector, depth).pop().unwrap_or_default(),
-                None => return Err(RetrievalError::NoTexts),
-            },
+            Query::Text(_) => self.store.search_images(&vector, depth, filter)?,
+            Query::Image(_) => self.store.search_texts(&vector, depth, filter)?,
         };
         let searched = Instant::now();
-        let ids: Vec<String> = hits
-            .iter()
-            .map(|h| match query {
-                Query::Text(_) => self.index.image_ids()[h.index].clone(),
-                Query::Image(_) => self.index.text_ids()[h.index].clone(),
-            })
-            .collect();
+        let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
         let (order, rerank_ms) = match &self.reranker {
             Some(r) => {
                 let scores = match query {
@@ -447,7 +379,14 @@ impl<B: Backend> Pipeline<B> {
         let results = order
             .into_iter()
             .take(k)
-            .map(|(i, rerank)| self.decorate(query, &ids[i], hits[i], rerank))
+            .map(|(i, rerank)| {
+                let mut hit = hits[i].clone();
+                if let Some(score) = rerank {
+                    hit.first_stage_score = Some(hit.score);
+                    hit.score = score;
+                }
+                hit
+            })
             .collect();
         Ok(SearchResponse {
             results,
@@ -457,17 +396,13 @@ impl<B: Backend> Pipeline<B> {
                 rerank: rerank_ms,
                 total: ms(started.elapsed()),
             },
-            search: match (&self.images, query) {
-                (_, Query::Image(_)) | (ImageSearch::Resident(_), _) => "exact",
-                (ImageSearch::Streamed, _) => "exact-streamed",
-                (ImageSearch::Ann(_), _) => "ann",
-            },
+            search: self.store.method(query),
             reranker: self.reranker.as_ref().map(|r| r.name().to_string()),
         })
     }
 
-    /// The best `k` captions and the `k` most similar indexed images for an image vector made
-    /// outside the index (a search by photo): both by dot product, captions decorated as an
+    /// The best `k` captions and the `k` most similar stored images for an image vector made
+    /// outside the store (a search by photo): both by dot product, captions decorated as an
     /// image query's results, images as a text query's (with their captions).
     pub fn nearest_to_image(
         &self,
@@ -475,94 +410,33 @@ impl<B: Backend> Pipeline<B> {
         k: usize,
     ) -> Result<(Vec<ResultHit>, Vec<ResultHit>), RetrievalError> {
         check_k(k as i64)?;
-        let texts = match &self.texts {
-            Some(t) => t.search(vector, k).pop().unwrap_or_default(),
-            None => Vec::new(),
+        let captions = match self.store.has_texts() {
+            true => self.store.search_texts(vector, k, None)?,
+            false => Vec::new(),
         };
-        let as_image = Query::Image(String::new());
-        let captions = texts
-            .iter()
-            .map(|h| self.decorate(&as_image, &self.index.text_ids()[h.index], *h, None))
-            .collect();
-        let as_text = Query::Text(String::new());
-        let images = self
-            .image_candidates(vector, k)?
-            .into_iter()
-            .map(|h| self.decorate(&as_text, &self.index.image_ids()[h.index], h, None))
-            .collect();
+        let images = self.store.search_images(vector, k, None)?;
         Ok((captions, images))
-    }
-
-    /// The first `depth` image rows for a query vector.
-    fn image_candidates(&self, vector: &[f32], depth: usize) -> Result<Vec<Hit>, RetrievalError> {
-        Ok(match &self.images {
-            ImageSearch::Resident(flat) => flat.search(vector, depth).pop().unwrap_or_default(),
-            ImageSearch::Streamed => {
-                let src = MappedChunks::<B> {
-                    index: &self.index,
-                    chunk_rows: self.options.chunk_rows.max(1),
-                    device: self.device.clone(),
-                };
-                search_chunks(&src, vector, depth, &self.device)
-                    .pop()
-                    .unwrap_or_default()
-            }
-            ImageSearch::Ann(ann) => {
-                // Exact scores for the proposed rows; order and ties as the exact search.
-                let mut hits: Vec<Hit> = ann
-                    .search(vector, depth)?
-                    .into_iter()
-                    .map(|h| {
-                        let v = self.index.image_vectors(h.index..h.index + 1);
-                        Hit {
-                            index: h.index,
-                            score: v.iter().zip(vector).map(|(a, b)| a * b).sum(),
-                        }
-                    })
-                    .collect();
-                hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
-                hits
-            }
-        })
-    }
-
-    fn decorate(&self, query: &Query, id: &str, hit: Hit, rerank: Option<f32>) -> ResultHit {
-        let mut r = ResultHit {
-            id: id.to_string(),
-            score: rerank.unwrap_or(hit.score),
-            first_stage_score: rerank.map(|_| hit.score),
-            text: None,
-            image: None,
-            captions: None,
-        };
-        match query {
-            Query::Text(_) => {
-                if self.index.has_texts() {
-                    r.captions = Some(
-                        self.index
-                            .image_captions(hit.index)
-                            .iter()
-                            .map(|c| Caption {
-                                id: c.clone(),
-                                text: self
-                                    .index
-                                    .text_row(c)
-                                    .and_then(|row| self.index.text_raw(row))
-                                    .map(str::to_string),
-                            })
-                            .collect(),
-                    );
-                }
-            }
-            Query::Image(_) => {
-                r.text = self.index.text_raw(hit.index).map(str::to_string);
-                r.image = self.index.text_image(hit.index).map(str::to_string);
-            }
-        }
-        r
     }
 }
 
+/// The encoder must produce vectors of the stored size.
+fn check_dim<B: Backend>(
+    encoder: &QueryEncoder<B>,
+    dim: usize,
+    store: &str,
+) -> Result<(), RetrievalError> {
+    if encoder.dim() != dim {
+        return Err(RetrievalError::format(
+            store,
+            format!(
+                "vectors are {dim}-d but the model produces {}-d vectors: use the checkpoint \
+                 the index was built with",
+                encoder.dim()
+            ),
+        ));
+    }
+    Ok(())
+}
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -580,17 +454,31 @@ impl<B: Backend> SearchService for Pipeline<B> {
         Pipeline::search(self, query, k)
     }
 
+    fn search_filtered(
+        &self,
+        query: &Query,
+        k: usize,
+        filter: Option<&str>,
+    ) -> Result<SearchResponse, RetrievalError> {
+        Pipeline::search_filtered(self, query, k, filter)
+    }
+
     fn summary(&self) -> IndexSummary {
+        let counts = self.store.counts();
         IndexSummary {
-            images: self.index.image_ids().len(),
-            texts: self.index.text_ids().len(),
-            dim: self.index.dim(),
-            ann: matches!(self.images, ImageSearch::Ann(_)),
+            images: counts.images,
+            texts: counts.texts,
+            dim: counts.dim,
+            ann: counts.ann,
             reranker: self.reranker.as_ref().map(|r| r.name().to_string()),
         }
     }
 
     fn has_image(&self, id: &str) -> bool {
-        self.index.image_row(id).is_some()
+        self.store.has_image(id)
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.store.health()
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /search` | `{"query": "...", "k": 10}` or `{"image_id": "...", "k": 10}` → the CLI's `--json` answer |
-//! | `GET /healthz` | `{"status": "ok", "images", "texts", "dim", "ann", "thumbnails"}` |
+//! | `POST /search` | `{"query": "...", "k": 10}` or `{"image_id": "...", "k": 10}` (optional `"filter"`: a Milvus boolean expression) → the CLI's `--json` answer |
+//! | `GET /healthz` | `{"status": "ok", "images", "texts", "dim", "ann", "thumbnails", "store"}`; 503 and `"status": "unavailable"` while the vector store is down |
 //! | `GET /metrics` | Prometheus text: requests by route and status, latency histograms |
 //! | `GET /` | a search page (embedded; `/?q=TEXT` or `/?image=ID` runs a query on load) |
 //! | `GET /thumbnails/{id}` | the JPEG of an indexed image from `--images DIR` |
 //! | `POST /search/image?k=10` | an uploaded JPEG / PNG → captions and similar images ([`photo`], `--detector`) |
 //!
-//! Bad requests get a 4xx and `{"error": "one line"}`. Searches run on tokio's blocking pool,
+//! Bad requests get a 4xx and `{"error": "one line"}`; a vector store that cannot be reached a
+//! 503 with the same body. Searches run on tokio's blocking pool,
 //! at most `max_concurrent` at once (the rest wait), so the async workers stay responsive.
 
 pub mod metrics;
@@ -239,8 +240,18 @@ async fn not_found() -> Response {
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let s = state.service.summary();
-    axum::Json(json!({
-        "status": "ok",
+    // A remote store's check is a network round trip: off the async workers.
+    let service = state.service.clone();
+    let store = tokio::task::spawn_blocking(move || service.health())
+        .await
+        .unwrap_or_else(|e| crate::retrieval::StoreHealth::unavailable("store", e));
+    let status = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = axum::Json(json!({
+        "status": if store.is_ok() { "ok" } else { "unavailable" },
         "images": s.images,
         "texts": s.texts,
         "dim": s.dim,
@@ -248,8 +259,9 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "reranker": s.reranker,
         "thumbnails": state.images_dir.is_some(),
         "photo": state.photo.is_some(),
-    }))
-    .into_response()
+        "store": store,
+    }));
+    (status, body).into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
@@ -270,11 +282,20 @@ pub struct SearchBody {
     pub image_id: Option<String>,
     #[serde(default)]
     pub k: Option<i64>,
+    /// Boolean expression over the store's fields (Milvus stores only).
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 impl SearchBody {
     /// The query and k it asks for, or why it is invalid.
     pub fn parse(self) -> Result<(Query, usize), RetrievalError> {
+        self.parse_filtered().map(|(q, k, _)| (q, k))
+    }
+
+    /// The query, k and filter it asks for, or why it is invalid.
+    pub fn parse_filtered(self) -> Result<(Query, usize, Option<String>), RetrievalError> {
+        let filter = self.filter.filter(|f| !f.trim().is_empty());
         let k = check_k(self.k.unwrap_or(10))?;
         let q = match (self.query, self.image_id) {
             (Some(q), None) => Query::Text(q),
@@ -290,15 +311,21 @@ impl SearchBody {
                 ));
             }
         };
-        Ok((q, k))
+        Ok((q, k, filter))
     }
 }
 
 fn status_of(e: &RetrievalError) -> StatusCode {
-    match e.class() {
+    status_for(e.class())
+}
+
+/// The HTTP status of an error class (every route answers errors the same way).
+pub(crate) fn status_for(class: ErrorClass) -> StatusCode {
+    match class {
         ErrorClass::BadRequest => StatusCode::BAD_REQUEST,
         ErrorClass::NotFound => StatusCode::NOT_FOUND,
         ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -310,7 +337,7 @@ async fn search(
         Ok(axum::Json(b)) => b,
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
-    let (query, k) = match body.parse() {
+    let (query, k, filter) = match body.parse_filtered() {
         Ok(v) => v,
         Err(e) => return error(status_of(&e), e),
     };
@@ -319,7 +346,9 @@ async fn search(
     };
     state.metrics.enter();
     let service = state.service.clone();
-    let answer = tokio::task::spawn_blocking(move || service.search(&query, k)).await;
+    let answer =
+        tokio::task::spawn_blocking(move || service.search_filtered(&query, k, filter.as_deref()))
+            .await;
     state.metrics.leave();
     match answer {
         Ok(Ok(resp)) => {
@@ -332,7 +361,7 @@ async fn search(
             axum::Json(resp).into_response()
         }
         Ok(Err(e)) => {
-            if e.class() == ErrorClass::Internal {
+            if matches!(e.class(), ErrorClass::Internal | ErrorClass::Unavailable) {
                 tracing::error!("search failed: {e}");
             }
             error(status_of(&e), e)

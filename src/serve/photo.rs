@@ -208,14 +208,11 @@ pub(super) async fn search_image(
             axum::Json(resp).into_response()
         }
         Ok(Err(e)) => {
-            let status = match e.class() {
-                ErrorClass::BadRequest => StatusCode::BAD_REQUEST,
-                ErrorClass::NotFound => StatusCode::NOT_FOUND,
-                ErrorClass::Internal => {
-                    tracing::error!("photo search failed: {e}");
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
-            };
+            let class = e.class();
+            if matches!(class, ErrorClass::Internal | ErrorClass::Unavailable) {
+                tracing::error!("photo search failed: {e}");
+            }
+            let status = super::status_for(class);
             // Decoder messages can span lines; the answer is one line.
             error(status, e.to_string().replace('\n', " "))
         }
