@@ -170,7 +170,7 @@ mod with_milvus {
                 images: ImageSection {
                     ids: Vec::new(),
                     img_db: self.img_db.dir().display().to_string(),
-                    selection: Some((*self.img_db.options()).into()),
+                    selection: Some(*self.img_db.options()),
                     captions: None,
                 },
                 texts: self.txt_db.as_ref().map(|db| TextSection {
@@ -220,7 +220,9 @@ mod with_milvus {
                 batch,
                 Progress::Bar("images"),
                 &device,
-                &mut |rows: &[usize], v: &[f32]| -> Result<(), RetrievalError> {
+                &mut |rows: &[usize],
+                      v: &[f32]|
+                 -> Result<(), lightningdot::retrieval::RetrievalError> {
                     let d = v.len() / rows.len().max(1);
                     let batch: Vec<ImageRow> = rows
                         .iter()
@@ -246,7 +248,7 @@ mod with_milvus {
                     batch,
                     Progress::Bar("captions"),
                     &device,
-                    &mut |rows: &[usize], v: &[f32]| -> Result<(), RetrievalError> {
+                    &mut |rows: &[usize], v: &[f32]| -> Result<(), lightningdot::retrieval::RetrievalError> {
                         let d = v.len() / rows.len().max(1);
                         let batch: Vec<TextRow> = rows
                             .iter()
