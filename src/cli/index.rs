@@ -125,6 +125,19 @@ impl BackendTask for IndexTask<'_> {
     }
 }
 
+impl IndexArgs {
+    /// The box selection of `--img-db` (UNITER's conf_th / max_bb / min_bb / num_bb flags).
+    pub fn img_db_options(&self) -> ImgDbOptions {
+        ImgDbOptions {
+            conf_th: self.conf_th,
+            max_bb: self.max_bb,
+            min_bb: self.min_bb,
+            num_bb: self.num_bb,
+            compressed: self.compressed_db,
+        }
+    }
+}
+
 pub fn run(args: IndexArgs, device: DeviceSpec) -> Result<()> {
     if args.from.is_none() && args.model.checkpoint.as_os_str() == "-" {
         anyhow::bail!("--checkpoint is required (except with --from INDEX_DIR --to milvus://…)");
@@ -135,14 +148,7 @@ pub fn run(args: IndexArgs, device: DeviceSpec) -> Result<()> {
     let (Some(out), Some(img_db)) = (args.out.clone(), args.img_db.as_ref()) else {
         anyhow::bail!("give --img-db DIR and --out INDEX_DIR (or --to milvus://…)");
     };
-    let options = ImgDbOptions {
-        conf_th: args.conf_th,
-        max_bb: args.max_bb,
-        min_bb: args.min_bb,
-        num_bb: args.num_bb,
-        compressed: args.compressed_db,
-    };
-    let img_db = ImgDb::open(img_db, options)?;
+    let img_db = ImgDb::open(img_db, args.img_db_options())?;
     let txt_db = args.txt_db.as_ref().map(TxtDb::open).transpose()?;
     if out.exists() && !args.force {
         anyhow::bail!(

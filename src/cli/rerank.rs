@@ -2,15 +2,10 @@
 //! cross-encoder re-scores the first stage's top-K of every query (spec §8).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use burn::prelude::Backend;
 use clap::Args;
 use lightningdot::conversion::{LoadOptions, UniterSource};
-use lightningdot::data::{ImgDb, TxtDb};
-use lightningdot::rerank::{CrossEncoder, DEFAULT_BATCH, UniterReranker};
-use lightningdot::retrieval::Pipeline;
+use lightningdot::rerank::{DEFAULT_BATCH, RerankerSpec};
 use lightningdot::retrieval::pipeline::DEFAULT_RERANK_DEPTH;
 
 /// Cross-encoder flags shared by `search` and `serve`.
@@ -40,59 +35,19 @@ pub struct RerankArgs {
 }
 
 impl RerankArgs {
-    /// Loads the cross-encoder and plugs it into `pipeline` (unchanged without
-    /// `--rerank-checkpoint`).
-    pub fn attach<B: Backend>(
-        &self,
-        pipeline: Pipeline<B>,
-        device: &B::Device,
-    ) -> Result<Pipeline<B>>
-    where
-        UniterReranker<B>: lightningdot::retrieval::Reranker + 'static,
-    {
-        let Some(path) = &self.rerank_checkpoint else {
-            return Ok(pipeline);
-        };
-        if self.rerank_k == 0 {
-            bail!("--rerank-k must be at least 1");
-        }
-        let meta = pipeline.meta();
-        let img_db = self
-            .img_db
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(&meta.images.img_db));
-        let txt_db = self
-            .txt_db
-            .clone()
-            .or_else(|| meta.texts.as_ref().map(|t| PathBuf::from(&t.txt_db)));
-        // The regions the index was built from (older indexes: the defaults).
-        let options = meta.images.selection.unwrap_or_default();
-        let img_db = ImgDb::open(&img_db, options)
-            .with_context(|| "re-ranker region features (--img-db)")?;
-        let txt_db = txt_db
-            .map(TxtDb::open)
-            .transpose()
-            .with_context(|| "re-ranker caption ids (--txt-db)")?;
-        let source = UniterSource {
-            checkpoint: path.clone(),
-            config: self.rerank_config.clone(),
-            options: LoadOptions::default(),
-        };
-        let (model, cfg, _) = source
-            .load::<B>(device)
-            .with_context(|| format!("loading re-ranker {}", path.display()))?;
-        tracing::info!(
-            "re-ranking the top {} with UNITER (hidden {}, {} layers)",
-            self.rerank_k,
-            cfg.hidden_size,
-            cfg.num_hidden_layers
-        );
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| path.display().to_string());
-        let cross = CrossEncoder::new(model, cfg, device.clone(), self.rerank_batch_size);
-        let reranker = UniterReranker::new(cross, img_db, txt_db, format!("uniter:{name}"));
-        Ok(pipeline.with_reranker(Arc::new(reranker)))
+    /// The cross-encoder to plug into the pipeline (`None` without `--rerank-checkpoint`).
+    pub fn spec(&self) -> Option<RerankerSpec> {
+        let path = self.rerank_checkpoint.as_ref()?;
+        Some(RerankerSpec {
+            source: UniterSource {
+                checkpoint: path.clone(),
+                config: self.rerank_config.clone(),
+                options: LoadOptions::default(),
+            },
+            depth: self.rerank_k,
+            img_db: self.img_db.clone(),
+            txt_db: self.txt_db.clone(),
+            batch_size: self.rerank_batch_size,
+        })
     }
 }

@@ -3,14 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::prelude::Backend;
 use clap::Args;
-use lightningdot::data::Tokenizer;
 use lightningdot::device::{BackendTask, DeviceSpec, run_on};
 use lightningdot::retrieval::{
-    self, CandidateMode, DirStore, Pipeline, PipelineOptions, Query, QueryEncoder, SearchResponse,
-    StoredIndex, VectorStore, check_k,
+    CandidateMode, Pipeline, PipelineOptions, Query, QuerySource, SearchResponse, StoredIndex,
+    VectorStore, check_k, open_index_store,
 };
 
 use super::ModelArgs;
@@ -102,33 +101,19 @@ pub fn load_pipeline<B: Backend>(
     }
     let store: Box<dyn VectorStore> = match (&index.store.store, &index.index) {
         (Some(url), _) => super::store::open(url, &index.store, index.ef)?,
-        (None, Some(dir)) => Box::new(DirStore::<B>::open(
-            StoredIndex::open(dir)?,
-            &index.options(),
-            device.clone(),
-        )?),
+        (None, Some(dir)) => open_index_store::<B>(dir, &index.options(), device.clone())?,
         (None, None) => anyhow::bail!("give --index DIR or --store milvus://HOST:PORT/COLLECTION"),
     };
-    let vocab = retrieval::resolve_vocab(
-        index.vocab.as_deref(),
-        &model.checkpoint,
-        model.txt_config.as_deref(),
-    )?;
-    let tokenizer = Tokenizer::from_path(&vocab)?;
-    let (net, cfg, _) = model
-        .source()
-        .load::<B>(&device)
-        .with_context(|| format!("loading {}", model.checkpoint.display()))?;
-    if store.meta().model.checkpoint != model.checkpoint.display().to_string() {
-        tracing::debug!(
-            "index was built from {}, querying with {}",
-            store.meta().model.checkpoint,
-            model.checkpoint.display()
-        );
+    let source = QuerySource {
+        model: model.source(),
+        vocab: index.vocab.clone(),
+        options: index.options(),
+    };
+    let pipeline = Pipeline::load(&source, store, device.clone())?;
+    match index.rerank.spec() {
+        Some(spec) => Ok(spec.attach(pipeline, &device)?),
+        None => Ok(pipeline),
     }
-    let encoder = QueryEncoder::new(net, &cfg, tokenizer, device.clone());
-    let pipeline = Pipeline::with_store(encoder, store, index.options())?;
-    index.rerank.attach(pipeline, &device)
 }
 
 struct SearchTask<'a> {

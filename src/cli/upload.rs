@@ -23,7 +23,7 @@ mod with_milvus {
 
     use anyhow::{Context, Result};
     use burn::prelude::Backend;
-    use lightningdot::data::{ImgDb, ImgDbOptions, TxtDb};
+    use lightningdot::data::{ImgDb, TxtDb};
     use lightningdot::device::{BackendTask, DeviceSpec, run_on};
     use lightningdot::encode::{Progress, encode_image_rows, encode_text_rows};
     use lightningdot::progress::bar;
@@ -105,14 +105,7 @@ mod with_milvus {
         let Some(img_db) = &args.img_db else {
             anyhow::bail!("give --img-db DIR (to encode) or --from INDEX_DIR (to upload an index)");
         };
-        let options = ImgDbOptions {
-            conf_th: args.conf_th,
-            max_bb: args.max_bb,
-            min_bb: args.min_bb,
-            num_bb: args.num_bb,
-            compressed: args.compressed_db,
-        };
-        let img_db = ImgDb::open(img_db, options)?;
+        let img_db = ImgDb::open(img_db, args.img_db_options())?;
         let txt_db = args.txt_db.as_ref().map(TxtDb::open).transpose()?;
         if let Some(db) = &txt_db {
             super::super::index::check_vocab(args, db)?;

@@ -10,7 +10,9 @@
 //! | [`recall`] | recall after re-sorting each query's top-K by the cross-encoder score alone |
 //! | [`split`] | a whole eval split: first stage, the pairs it needs, recall per K; UNITER-only |
 //! | [`UniterReranker`] | the query pipeline's second stage (`search`, `serve`) |
+//! | [`attach`] | loading one from paths into a pipeline ([`RerankerSpec`]) |
 
+pub mod attach;
 pub mod batch;
 pub mod recall;
 mod reranker;
@@ -18,6 +20,7 @@ mod scorer;
 pub mod split;
 
 pub use crate::batch::BatchError;
+pub use attach::RerankerSpec;
 pub use batch::ItmHostBatch;
 pub use recall::{KEEP, SplitIds, full_ranking_recall, rerank_hits, rerank_recall};
 pub use reranker::UniterReranker;

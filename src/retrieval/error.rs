@@ -38,6 +38,9 @@ pub enum RetrievalError {
     Ann(String),
     #[error("re-ranker {name}: {reason}")]
     Rerank { name: String, reason: String },
+    /// A model the pipeline needs could not be loaded.
+    #[error("loading {path}: {reason}")]
+    Load { path: String, reason: String },
     #[error("{0}")]
     BadRequest(String),
     /// The vector store cannot be reached, or lacks the collection (retrying later may help).

@@ -8,6 +8,7 @@
 //! | [`build`] | encoding an img_db (and txt_db) into an index |
 //! | [`ann`] | the optional HNSW graph (usearch) for `--ann` |
 //! | [`pipeline`] | encode → candidates → optional re-rank, with per-stage timings |
+//! | [`load`] | a pipeline from paths (model, tokenizer, store): what search and serve run |
 //! | [`photo`] | search by photo: detector → image tower → captions and similar images |
 //! | [`store`] | where the candidates come from: the index directory, or Milvus (feature `milvus`) |
 //!
@@ -27,6 +28,7 @@ pub mod ann;
 pub mod build;
 mod error;
 pub mod format;
+pub mod load;
 pub mod photo;
 pub mod pipeline;
 pub mod store;
@@ -37,6 +39,7 @@ pub use ann::AnnIndex;
 pub use build::{BuildOptions, BuildReport, build_index, model_info};
 pub use error::{ErrorClass, RetrievalError};
 pub use format::{AnnInfo, IndexMeta, StoredIndex, VectorDtype};
+pub use load::{QuerySource, open_index_store};
 pub use photo::{PhotoError, PhotoPipeline, PhotoResponse, PhotoService};
 pub use pipeline::{
     CandidateMode, Caption, IndexSummary, MAX_K, MAX_QUERY_CHARS, Pipeline, PipelineOptions, Query,
