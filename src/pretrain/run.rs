@@ -298,14 +298,6 @@ impl<B: AutodiffBackend> Period<PretrainComponents<B>> for Pretraining<B> {
     const UNIT: &'static str = "period";
     const APPLY_PARTIAL_GROUP: bool = false;
 
-    fn notes(&self) -> &Notes {
-        &self.notes
-    }
-
-    fn accumulation(&self) -> usize {
-        self.settings.gradient_accumulation_steps
-    }
-
     fn updates_done(&self) -> usize {
         self.lock_state().0.step
     }
@@ -648,6 +640,8 @@ pub fn run<B: AutodiffBackend>(
             training = training.metric_valid_numeric(ValMetric::for_task(t));
         }
         let how = Launch {
+            notes: notes.clone(),
+            accumulation: s.gradient_accumulation_steps,
             num_periods: ctx.num_periods(),
             resumed: (periods_done > 0).then_some(periods_done),
             dashboard: opts.dashboard,

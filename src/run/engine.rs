@@ -68,9 +68,6 @@ pub trait Period<LC: LearningComponentsTypes>: Send + Sync + 'static {
     /// batches) or can only mean the period was cut short (pre-training counts whole updates).
     const APPLY_PARTIAL_GROUP: bool;
 
-    fn notes(&self) -> &Notes;
-    /// Micro-batches per optimizer update.
-    fn accumulation(&self) -> usize;
     /// Optimizer updates committed so far.
     fn updates_done(&self) -> usize;
     /// Seeds the backend and readies the training loader for `period`.
@@ -87,6 +84,9 @@ pub trait Period<LC: LearningComponentsTypes>: Send + Sync + 'static {
 /// The strategy burn-train runs: our loop over the periods.
 struct Engine<P> {
     period: Arc<P>,
+    notes: Notes,
+    /// Micro-batches per optimizer update.
+    accumulation: usize,
 }
 
 impl<LC: LearningComponentsTypes, P: Period<LC>> SupervisedLearningStrategy<LC> for Engine<P> {
@@ -101,7 +101,7 @@ impl<LC: LearningComponentsTypes, P: Period<LC>> SupervisedLearningStrategy<LC> 
         let mut processor = components.event_processor;
         for period in starting_period..=components.num_epochs {
             let end = run_period(
-                &*self.period,
+                self,
                 period,
                 components.num_epochs,
                 &mut learner,
@@ -123,7 +123,7 @@ impl<LC: LearningComponentsTypes, P: Period<LC>> SupervisedLearningStrategy<LC> 
 }
 
 fn run_period<LC: LearningComponentsTypes, P: Period<LC>>(
-    p: &P,
+    engine: &Engine<P>,
     period: usize,
     num_periods: usize,
     learner: &mut Learner<LC>,
@@ -131,10 +131,11 @@ fn run_period<LC: LearningComponentsTypes, P: Period<LC>>(
     processor: &mut SupervisedTrainingEventProcessor<LC>,
     interrupter: &Interrupter,
 ) -> Result<PeriodEnd, P::Error> {
+    let p = &*engine.period;
     let started = Instant::now();
     p.begin(period);
     let global = Progress::new(period, num_periods);
-    let accum = p.accumulation();
+    let accum = engine.accumulation;
     let mut updates = p.updates_done();
 
     let mut iterator = train.iter();
@@ -183,7 +184,7 @@ fn run_period<LC: LearningComponentsTypes, P: Period<LC>>(
     processor.process_train(LearnerEvent::EndEpoch(period));
     p.take_error()?;
     if cut {
-        p.notes().info(&format!(
+        engine.notes.info(&format!(
             "{} {period} interrupted at update {updates}: not saved (rerun the command to redo it)",
             P::UNIT
         ));
@@ -222,6 +223,10 @@ fn run_period<LC: LearningComponentsTypes, P: Period<LC>>(
 
 /// How [`launch`] shows and positions the run.
 pub struct Launch<R> {
+    /// The run's notes (kept quiet while the dashboard owns the terminal).
+    pub notes: Notes,
+    /// Micro-batches per optimizer update.
+    pub accumulation: usize,
     pub num_periods: usize,
     /// Periods already committed by an earlier process (`None`: a fresh run).
     pub resumed: Option<usize>,
@@ -244,6 +249,8 @@ pub fn launch<
 ) -> Result<(), P::Error> {
     let strategy: Arc<dyn SupervisedLearningStrategy<LC>> = Arc::new(Engine {
         period: period.clone(),
+        notes: how.notes.clone(),
+        accumulation: how.accumulation,
     });
     let mut training = training
         // The CLI already installed a tracing subscriber; burn-train's would fail.
@@ -256,7 +263,7 @@ pub fn launch<
         training = training.checkpoint(done);
     }
     training = if how.dashboard.is_tui() {
-        period.notes().set_quiet(true);
+        how.notes.set_quiet(true);
         // Not `.persistent()`: burn-train 0.21 only waits for a key press after training in
         // persistent mode, so the process exits when training ends.
         let r = burn::train::renderer::tui::TuiMetricsRendererWrapper::new(
@@ -269,6 +276,6 @@ pub fn launch<
     };
     // Dropping the result closes the dashboard and restores the terminal.
     drop(training.launch(learner));
-    period.notes().set_quiet(false);
+    how.notes.set_quiet(false);
     period.take_error()
 }

@@ -124,14 +124,6 @@ impl<B: AutodiffBackend> Period<ItmComponents<B>> for FineTune<B> {
     const UNIT: &'static str = "epoch";
     const APPLY_PARTIAL_GROUP: bool = true;
 
-    fn notes(&self) -> &Notes {
-        &self.notes
-    }
-
-    fn accumulation(&self) -> usize {
-        self.settings.gradient_accumulation_steps
-    }
-
     fn updates_done(&self) -> usize {
         self.lock_state().0.updates
     }
@@ -444,6 +436,8 @@ pub fn run<B: AutodiffBackend>(
             training = training.metric_valid_numeric(DevRecallMetric::new(v));
         }
         let how = Launch {
+            notes: notes.clone(),
+            accumulation: s.gradient_accumulation_steps,
             num_periods: s.num_train_epochs,
             resumed: resumed_after,
             dashboard: opts.dashboard,
