@@ -145,7 +145,7 @@ pub fn main() -> ExitCode {
     // The demo prints its own steps; per-epoch commit logs would bury them.
     let demo_default = matches!(cli.command, Command::Demo(_)) && cli.log == "info";
     init_logging(if demo_default {
-        "info,lightningdot::train=warn"
+        "info,lightningdot::train=warn,lightningdot::run=warn"
     } else {
         &cli.log
     });
