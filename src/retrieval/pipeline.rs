@@ -89,6 +89,32 @@ pub struct ResultHit {
     pub captions: Option<Vec<Caption>>,
 }
 
+impl ResultHit {
+    /// A first-stage image result (a text query's), with its captions when stored.
+    pub fn image(id: String, score: f32, captions: Option<Vec<Caption>>) -> Self {
+        Self {
+            id,
+            score,
+            first_stage_score: None,
+            text: None,
+            image: None,
+            captions,
+        }
+    }
+
+    /// A first-stage caption result (an image query's): its text and image when stored.
+    pub fn caption(id: String, score: f32, text: Option<String>, image: Option<String>) -> Self {
+        Self {
+            id,
+            score,
+            first_stage_score: None,
+            text,
+            image,
+            captions: None,
+        }
+    }
+}
+
 /// Milliseconds spent in each stage.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
 pub struct StageTimings {

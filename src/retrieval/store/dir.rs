@@ -218,13 +218,8 @@ impl<B: Backend> VectorStore for DirStore<B> {
         Ok(self
             .image_candidates(vector, k)?
             .into_iter()
-            .map(|hit| ResultHit {
-                id: index.image_ids()[hit.index].clone(),
-                score: hit.score,
-                first_stage_score: None,
-                text: None,
-                image: None,
-                captions: index.has_texts().then(|| {
+            .map(|hit| {
+                let captions = index.has_texts().then(|| {
                     index
                         .image_captions(hit.index)
                         .iter()
@@ -236,7 +231,8 @@ impl<B: Backend> VectorStore for DirStore<B> {
                                 .map(str::to_string),
                         })
                         .collect()
-                }),
+                });
+                ResultHit::image(index.image_ids()[hit.index].clone(), hit.score, captions)
             })
             .collect())
     }
@@ -255,13 +251,13 @@ impl<B: Backend> VectorStore for DirStore<B> {
             .pop()
             .unwrap_or_default()
             .into_iter()
-            .map(|hit| ResultHit {
-                id: index.text_ids()[hit.index].clone(),
-                score: hit.score,
-                first_stage_score: None,
-                text: index.text_raw(hit.index).map(str::to_string),
-                image: index.text_image(hit.index).map(str::to_string),
-                captions: None,
+            .map(|hit| {
+                ResultHit::caption(
+                    index.text_ids()[hit.index].clone(),
+                    hit.score,
+                    index.text_raw(hit.index).map(str::to_string),
+                    index.text_image(hit.index).map(str::to_string),
+                )
             })
             .collect())
     }

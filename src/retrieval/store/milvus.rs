@@ -481,13 +481,8 @@ impl VectorStore for MilvusStore {
             .into_iter()
             .zip(ids)
             .zip(captions)
-            .map(|((score, id), caps)| ResultHit {
-                id,
-                score,
-                first_stage_score: None,
-                text: None,
-                image: None,
-                captions: self.has_texts.then(|| {
+            .map(|((score, id), caps)| {
+                let captions = self.has_texts.then(|| {
                     serde_json::from_str::<Vec<StoredCaption>>(&caps)
                         .unwrap_or_default()
                         .into_iter()
@@ -496,7 +491,8 @@ impl VectorStore for MilvusStore {
                             text: c.text,
                         })
                         .collect()
-                }),
+                });
+                ResultHit::image(id, score, captions)
             })
             .collect())
     }
@@ -524,14 +520,9 @@ impl VectorStore for MilvusStore {
             .into_iter()
             .zip(ids)
             .zip(images.into_iter().zip(texts))
-            .map(|((score, id), (image, text))| ResultHit {
-                id,
-                score,
-                first_stage_score: None,
-                // Stored as "" when the txt_db kept no text.
-                text: (!text.is_empty()).then_some(text),
-                image: Some(image),
-                captions: None,
+            // Text is stored as "" when the txt_db kept none.
+            .map(|((score, id), (image, text))| {
+                ResultHit::caption(id, score, (!text.is_empty()).then_some(text), Some(image))
             })
             .collect())
     }
